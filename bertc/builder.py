@@ -1,0 +1,250 @@
+"""`bertc build`: checkpoint -> rewritten, verified, static-shape SavedModel artifact.
+
+Stages, each logged with its time and peak memory:
+  read     load and validate the checkpoint (Google, SavedModel)
+  trace    build the BERT tf.function at [batch_size, seq_len] for the head
+  freeze   inline the weights as constants (a GraphDef)
+  rewrite  run the pass pipeline (rewrites/)
+  export   write the SavedModel (and compile it for the target)
+  verify   compare the written SavedModel with the unrewritten reference
+Artifact layout (written to a temporary sibling and renamed into place):
+  ARTIFACT/bertc.json          the manifest
+  ARTIFACT/vocab.txt           the tokenizer's vocabulary
+  ARTIFACT/seq_<S>/1/          one SavedModel per sequence length (TF Serving layout)
+  ARTIFACT/neuron/seq_<S>/1/   the Neuron-compiled SavedModel (--target neuron)
+"""
+
+import dataclasses
+import logging
+import os
+import shutil
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from bertc import atomic, checkpoint, export, freeze, manifest, modeling, rewriting
+from bertc import verify as verify_lib
+from bertc.errors import BertcError
+from bertc.stages import StageLog
+
+TARGETS = ("cpu", "neuron")
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    """Everything a build depends on (recorded in the manifest)."""
+
+    output: str
+    ckpt: Optional[str] = None
+    saved_model: Optional[str] = None
+    bert_config: Optional[str] = None
+    vocab: Optional[str] = None
+    head: Optional[str] = None
+    batch_size: int = 4
+    seq_lens: Sequence[int] = (128,)
+    rewrites: Sequence[str] = ()
+    default_rewrites: bool = True
+    crude_gelu: bool = False
+    dtype: str = "float32"
+    aggressive_optimizations: bool = False
+    target: str = "cpu"
+    compiler_args: Optional[Sequence[str]] = None
+    dry_run: bool = False
+    overwrite: bool = False
+    strict: bool = False
+    verify: bool = True
+    verify_data: Optional[str] = None
+    verify_rows: Optional[int] = None
+    do_lower_case: Optional[bool] = None
+
+
+@dataclasses.dataclass
+class BuildResult:
+    artifact: str
+    manifest: dict
+    verify_report: Optional[dict]
+    stages: List[dict]
+
+
+def check_options(options: BuildOptions) -> None:
+    """Flag-level validation, before any file is read."""
+    if bool(options.ckpt) == bool(options.saved_model):
+        raise BertcError("--ckpt / --saved_model: expected exactly one checkpoint source")
+    if options.batch_size < 1:
+        raise BertcError(f"--batch_size {options.batch_size}: expected a positive integer")
+    if not options.seq_lens or any(s < 2 for s in options.seq_lens):
+        raise BertcError(f"--seq_len {','.join(map(str, options.seq_lens))}: expected "
+                         "positive lengths >= 2")
+    if len(set(options.seq_lens)) != len(options.seq_lens):
+        raise BertcError(f"--seq_len {','.join(map(str, options.seq_lens))}: repeated length")
+    if options.target not in TARGETS:
+        raise BertcError(f"--target {options.target}: expected one of {', '.join(TARGETS)}")
+    if options.head is not None and options.head not in modeling.HEAD_OUTPUTS:
+        raise BertcError(f"--head {options.head}: expected one of "
+                         f"{', '.join(modeling.HEAD_OUTPUTS)}")
+
+
+def load_source(options: BuildOptions, checksums: bool = True) -> checkpoint.Checkpoint:
+    if options.saved_model:
+        from bertc import saved_model_source
+        return saved_model_source.load_saved_model(options.saved_model, options.bert_config,
+                                                   options.vocab, checksums=checksums)
+    ckpt = checkpoint.load_checkpoint(options.ckpt, checksums=checksums)
+    if options.vocab:
+        ckpt.vocab_file = options.vocab
+    return ckpt
+
+
+def resolve_lower_case(ckpt: checkpoint.Checkpoint, requested: Optional[bool]) -> bool:
+    """--do_lower_case, else bertc_hints.json, else what the vocabulary implies."""
+    if requested is not None:
+        return requested
+    if isinstance(ckpt.hints.get("do_lower_case"), bool):
+        return ckpt.hints["do_lower_case"]
+    from bertc import tokenization
+    with open(ckpt.vocab_file, encoding="utf-8") as f:
+        return not tokenization.vocab_is_cased(line.strip() for line in f)
+
+
+def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq_len: int,
+                  rows: Optional[int] = None):
+    """Tokenized verification text (MRPC TSV or text file); None when there is none."""
+    from bertc import textdata, tokenization
+    path = path or textdata.default_mrpc_path()
+    if not path:
+        return None, None
+    pairs = textdata.read_pairs(path)
+    if rows:
+        pairs = pairs[:rows]
+    tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(vocab_file, do_lower_case)
+    return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len), path
+
+
+def saved_model_runner(export_dir: str):
+    """A verify Runner over a SavedModel's serving_default signature."""
+    import tensorflow as tf
+    fn = export.load_signature(export_dir)
+
+    def run(feeds):
+        return {k: v.numpy() for k, v in fn(**{n: tf.constant(a) for n, a in feeds.items()}).items()}
+    return run
+
+
+def function_runner(concrete):
+    """A verify Runner over the unrewritten model's concrete function."""
+    import tensorflow as tf
+
+    def run(feeds):
+        out = concrete(**{n: tf.constant(a) for n, a in feeds.items()})
+        return {k: v.numpy() for k, v in out.items()}
+    return run
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Builds, exports, compiles and verifies an artifact; see the module docstring."""
+    check_options(options)
+    passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
+                               options.aggressive_optimizations, options.target,
+                               options.default_rewrites)
+    neuron_args = None
+    if options.target == "neuron":
+        from bertc.targets import neuron
+        neuron_args = (list(options.compiler_args) if options.compiler_args is not None
+                       else list(neuron.DEFAULT_COMPILER_ARGS))
+        if not options.dry_run:
+            neuron.preflight()
+    atomic.refuse_existing(os.path.abspath(options.output), options.overwrite)
+    log = StageLog()
+    with log.stage("read"):
+        ckpt = load_source(options)
+        config = ckpt.config
+        head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
+        modeling.check_head(head, ckpt.weights)
+        too_long = [s for s in options.seq_lens if s > config.max_position_embeddings]
+        if too_long:
+            raise BertcError(f"--seq_len {too_long[0]}: exceeds max_position_embeddings "
+                             f"{config.max_position_embeddings} of the checkpoint's config")
+        lower = resolve_lower_case(ckpt, options.do_lower_case)
+        model = modeling.BertModel(config, ckpt.weights)
+        num_labels = ckpt.num_labels
+        ckpt.weights = None  # the variables hold them now
+    logging.info("model: %d layers, hidden %d, %d heads of %d; head %s; rewrites: %s",
+                 config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                 config.head_size, head, ", ".join(passes) or "none")
+    exact = rewriting.is_exact(passes)
+    thresholds = verify_lib.EXACT if exact else verify_lib.APPROXIMATE
+    pass_options = {"dtype": options.dtype, "aggressive": options.aggressive_optimizations}
+    models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
+    with atomic.output_directory(options.output, options.overwrite) as tmp:
+        for seq_len in sorted(options.seq_lens):
+            with log.stage("trace"):
+                concrete = freeze.trace(model, head, options.batch_size, seq_len)
+            with log.stage("freeze"):
+                frozen = freeze.freeze(concrete, options.batch_size, seq_len)
+            with log.stage("rewrite"):
+                frozen, reports = rewriting.apply(frozen, passes, pass_options, options.strict)
+            rewrite_reports[str(seq_len)] = reports
+            relative = os.path.join(f"seq_{seq_len}", "1")
+            with log.stage("export"):
+                export.write_saved_model(frozen, os.path.join(tmp, relative))
+                del frozen
+                entry = {"seq_len": seq_len, "path": relative}
+                if options.target == "neuron":
+                    call = _neuron_compile(tmp, relative, seq_len, options, neuron_args, passes)
+                    compile_calls.append(call)
+                    entry["neuron_path"] = call["new_model_dir_relative"]
+                models.append(entry)
+            if options.verify:
+                with log.stage("verify"):
+                    features, source = text_features(options.verify_data, ckpt.vocab_file,
+                                                     lower, seq_len, options.verify_rows)
+                    verify_reports[str(seq_len)] = verify_lib.verify_runners(
+                        saved_model_runner(os.path.join(tmp, relative)),
+                        function_runner(concrete), options.batch_size, seq_len, features,
+                        config.vocab_size, config.type_vocab_size, thresholds,
+                        text_source=source)
+        shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
+        doc = manifest.make_manifest(
+            options=options, source=ckpt.source, config=config, head=head,
+            num_labels=num_labels, do_lower_case=lower, passes=passes, exact=exact,
+            rewrite_reports=rewrite_reports, models=models, thresholds=thresholds,
+            compile_calls=compile_calls, verify_reports=verify_reports, stages=log.stages,
+            hints=ckpt.hints)
+        failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
+                  if not r["passed"]]
+        if failed:
+            raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
+                               verify_reports)
+        manifest.write(tmp, doc)
+    logging.info("wrote %s in %.1f s", options.output, log.total_seconds())
+    return BuildResult(artifact=os.path.abspath(options.output), manifest=doc,
+                       verify_report=verify_reports or None, stages=log.stages)
+
+
+class VerifyFailed(BertcError):
+    """The built artifact differs from the reference beyond the build's thresholds."""
+
+    def __init__(self, message, reports):
+        super().__init__(message)
+        self.reports = reports
+
+
+def _neuron_compile(tmp: str, relative: str, seq_len: int, options: BuildOptions,
+                    compiler_args: list, passes: Sequence[str]) -> dict:
+    """Compiles (or, with --dry_run, only records) one SavedModel for Neuron."""
+    from bertc.targets import neuron
+    new_relative = os.path.join("neuron", f"seq_{seq_len}", "1")
+    call = neuron.NeuronCompileCall(
+        model_dir=os.path.join(options.output, relative),
+        new_model_dir=os.path.join(options.output, new_relative),
+        batch_size=options.batch_size, compiler_args=compiler_args)
+    record = {"seq_len": seq_len, "dry_run": options.dry_run, "call": call.render(),
+              "kwargs": call.kwargs(), "new_model_dir_relative": new_relative}
+    if options.dry_run:
+        logging.info("--dry_run: would run %s", call.render())
+        return record
+    os.makedirs(os.path.join(tmp, "neuron", f"seq_{seq_len}"), exist_ok=True)
+    real = dataclasses.replace(call, model_dir=os.path.join(tmp, relative),
+                               new_model_dir=os.path.join(tmp, new_relative))
+    record["result"] = neuron.compile_saved_model(real)
+    return record

@@ -1,0 +1,168 @@
+"""The `bertc` command line: a thin absl layer over the library.
+
+  bertc build   [--ckpt DIR | --saved_model DIR] [--crude_gelu] [--output DIR] ...
+  bertc verify  ARTIFACT [--verify_data TSV] [--json]
+  bertc convert --hf_dir DIR --output DIR
+Every command prints its result; errors are one line on stderr and exit 1.
+"""
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+from bertc.errors import BertcError
+
+FLAGS = flags.FLAGS
+
+# Sources.
+flags.DEFINE_string("ckpt", None, "Google BERT checkpoint directory (bert_config.json, "
+                    "vocab.txt, bert_model.ckpt.*) or checkpoint prefix. Default: the "
+                    "embedded all-MiniLM-L6-v2.")
+flags.DEFINE_string("saved_model", None, "A BERT SavedModel to read the weights from "
+                    "(as the Neuron demo's --input_saved_model).")
+flags.DEFINE_string("bert_config", None, "bert_config.json for --saved_model.")
+flags.DEFINE_string("vocab", None, "vocab.txt, when the source has none.")
+flags.DEFINE_string("hf_dir", None, "convert: a Hugging Face BERT directory "
+                    "(config.json, model.safetensors, vocab.txt). Default: the MiniLM package.")
+# Output.
+flags.DEFINE_string("output", None, "build/convert: the directory to write (refused if it "
+                    "exists, unless --overwrite). Default for build: artifacts/<checkpoint name>.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
+# Model.
+flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding"],
+                  "Outputs to export. Default: classifier if the checkpoint has one, the "
+                  "checkpoint's own (embedding for sentence-transformers), else pooled.")
+flags.DEFINE_integer("batch_size", 4, "Static batch size of the artifact.")
+flags.DEFINE_list("seq_len", ["128"], "Static sequence length(s); several make buckets.")
+flags.DEFINE_enum("do_lower_case", "auto", ["auto", "true", "false"],
+                  "Tokenizer lower-casing (auto: from the checkpoint).")
+# Rewrites.
+flags.DEFINE_list("rewrites", [], "Extra graph rewrite passes, in order.")
+flags.DEFINE_bool("default_rewrites", True, "Start from the target's default passes.")
+flags.DEFINE_bool("crude_gelu", False, "GELU as x*sigmoid(1.702x) (the Neuron demo's flag).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"],
+                  "Matmul/attention precision (mixed_precision pass).")
+flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
+                  "LayerNorm too, as the Neuron demo.")
+flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")
+# Target.
+flags.DEFINE_enum("target", "cpu", ["cpu", "neuron"], "Compile target.")
+flags.DEFINE_string("compiler_args", "--fp32-cast matmult", "Neuron compiler arguments.")
+flags.DEFINE_bool("dry_run", False, "--target neuron: record and print the compile call only.")
+# Verify.
+flags.DEFINE_bool("verify", True, "build: verify the artifact against the reference.")
+flags.DEFINE_string("verify_data", None, "MRPC-format TSV or text file (one sentence or "
+                    "tab-separated pair per line). Default: ../shared/data/glue_mrpc_dev.tsv.")
+flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows.")
+flags.DEFINE_bool("json", False, "Print a machine-readable JSON report.")
+
+COMMANDS = ("build", "verify", "convert")
+
+
+def _lower_case():
+    return {"auto": None, "true": True, "false": False}[FLAGS.do_lower_case]
+
+
+def _seq_lens():
+    try:
+        return [int(s) for s in FLAGS.seq_len]
+    except ValueError:
+        raise BertcError(f"--seq_len {','.join(FLAGS.seq_len)}: expected integers such as "
+                         "128 or 64,128") from None
+
+
+def cmd_build(args):
+    from bertc import builder, defaults, verify
+    if args:
+        raise BertcError(f"build: unexpected argument {args[0]!r}; expected only flags")
+    ckpt = FLAGS.ckpt
+    if not ckpt and not FLAGS.saved_model:
+        ckpt = defaults.ensure_default_checkpoint()
+    source = ckpt or FLAGS.saved_model
+    output = FLAGS.output or os.path.join("artifacts", os.path.basename(os.path.normpath(source)))
+    from bertc.targets import neuron
+    options = builder.BuildOptions(
+        output=output, ckpt=ckpt, saved_model=FLAGS.saved_model, bert_config=FLAGS.bert_config,
+        vocab=FLAGS.vocab, head=FLAGS.head, batch_size=FLAGS.batch_size, seq_lens=_seq_lens(),
+        rewrites=FLAGS.rewrites, default_rewrites=FLAGS.default_rewrites,
+        crude_gelu=FLAGS.crude_gelu, dtype=FLAGS.dtype,
+        aggressive_optimizations=FLAGS.aggressive_optimizations, target=FLAGS.target,
+        compiler_args=neuron.parse_compiler_args(FLAGS.compiler_args), dry_run=FLAGS.dry_run,
+        overwrite=FLAGS.overwrite, strict=FLAGS.strict, verify=FLAGS.verify,
+        verify_data=FLAGS.verify_data, verify_rows=FLAGS.verify_rows,
+        do_lower_case=_lower_case())
+    try:
+        result = builder.build(options)
+    except builder.VerifyFailed as e:
+        for report in e.reports.values():
+            print(verify.format_report(report))
+        raise
+    if FLAGS.json:
+        print(json.dumps(result.manifest, indent=2))
+        return
+    for call in result.manifest["target"]["compile"]:
+        print(("would run: " if call["dry_run"] else "ran: ") + call["call"])
+    for report in (result.verify_report or {}).values():
+        print(verify.format_report(report))
+    print(f"wrote {result.artifact} (head {result.manifest['head']}, batch "
+          f"{options.batch_size}, seq {','.join(map(str, result.manifest['seq_lens']))}, "
+          f"target {options.target})")
+
+
+def cmd_verify(args):
+    from bertc import verify, verify_artifact
+    if len(args) != 1:
+        raise BertcError("verify: expected one ARTIFACT directory argument")
+    report = verify_artifact.verify_artifact(args[0], data=FLAGS.verify_data,
+                                             rows=FLAGS.verify_rows)
+    if FLAGS.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for seq_report in report["per_seq_len"].values():
+            print(verify.format_report(seq_report))
+    if not report["passed"]:
+        raise BertcError(f"verify: {args[0]} differs from its reference beyond the thresholds")
+
+
+def cmd_convert(args):
+    from bertc import defaults, hf_convert
+    if args:
+        raise BertcError(f"convert: unexpected argument {args[0]!r}; expected only flags")
+    hf_dir = FLAGS.hf_dir or defaults.minilm_hf_dir()
+    output = FLAGS.output or (defaults.default_checkpoint_dir() if not FLAGS.hf_dir else None)
+    if not output:
+        raise BertcError("convert: --output is required with --hf_dir")
+    prefix = hf_convert.convert(hf_dir, output, overwrite=FLAGS.overwrite)
+    print(f"wrote Google-format checkpoint {prefix}")
+
+
+def main(argv):
+    args = argv[1:]
+    if not args or args[0] not in COMMANDS:
+        got = f" {args[0]!r}" if args else ""
+        print(f"bertc: error: unknown command{got}; expected one of {', '.join(COMMANDS)} "
+              "(bertc --helpfull lists every flag)", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        globals()[f"cmd_{args[0]}"](args[1:])
+    except BertcError as e:
+        print(f"bertc: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bertc: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

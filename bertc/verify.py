@@ -1,0 +1,157 @@
+"""Numerical equivalence of an artifact with the unrewritten fp32 reference.
+
+Both models are run on the same inputs: (a) real text, pairs tokenized from an
+MRPC-format TSV or a plain text file, and (b) random ids with random valid masks
+(each row a random real length, the rest padding). Per output the report gives
+  max_abs   = max |a - r|
+  max_rel   = max |a - r| / max |r|              (normwise)
+  min_cos   = min over rows of cos(a_row, r_row)
+  argmax    = fraction of rows whose argmax agrees (logits, probabilities)
+`sequence_output` is compared at real (mask = 1) positions only. Batches are
+filled to the static batch size with all-padding dummy rows, whose results are
+dropped, as a server does.
+"""
+
+import dataclasses
+import logging
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from bertc.errors import BertcError
+
+Runner = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+
+#: Thresholds of an exact build (fp32, only exact rewrites).
+EXACT = {"max_abs": 1e-4, "min_cos": 0.99999, "argmax": 1.0}
+#: Thresholds of a build with approximate rewrites (GELU forms, half precision).
+APPROXIMATE = {"max_abs": None, "min_cos": 0.999, "argmax": 0.995}
+
+
+@dataclasses.dataclass
+class Batch:
+    feeds: Dict[str, np.ndarray]   # int32 [B, S] each
+    real_rows: int                 # rows before the dummy padding rows
+
+
+def pad_rows(features: Dict[str, np.ndarray], batch_size: int) -> List[Batch]:
+    """Cuts [N, S] features into [batch_size, S] batches, padding the last one."""
+    n = len(features["input_ids"])
+    batches = []
+    for start in range(0, n, batch_size):
+        real = min(batch_size, n - start)
+        feeds = {}
+        for name, value in features.items():
+            chunk = value[start:start + real]
+            pad = np.zeros((batch_size - real,) + chunk.shape[1:], np.int32)
+            feeds[name] = np.concatenate([chunk, pad]).astype(np.int32)
+        batches.append(Batch(feeds, real))
+    return batches
+
+
+def random_features(rows: int, seq_len: int, vocab_size: int, type_vocab_size: int = 2,
+                    seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random ids with random valid masks: row i has a random length in [2, S]."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab_size, size=(rows, seq_len), dtype=np.int32)
+    lengths = rng.integers(2, seq_len + 1, size=rows)
+    lengths[0] = seq_len  # always one full-length row
+    positions = np.arange(seq_len)[None, :]
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    split = (lengths * rng.uniform(0.3, 0.7, size=rows)).astype(int)
+    segments = ((positions >= split[:, None]) & (mask == 1)).astype(np.int32)
+    segments = np.minimum(segments, type_vocab_size - 1)
+    return {"input_ids": ids * mask, "input_mask": mask, "segment_ids": segments}
+
+
+def _compare(name: str, a: np.ndarray, r: np.ndarray, mask: np.ndarray) -> dict:
+    if name == "sequence_output":
+        keep = mask.astype(bool)
+        a, r = a[keep], r[keep]                                 # [real tokens, D]
+    else:
+        a, r = a.reshape(len(a), -1), r.reshape(len(r), -1)   # [rows, ...]
+    diff = np.abs(a.astype(np.float64) - r.astype(np.float64))
+    scale = float(np.max(np.abs(r))) or 1.0
+    num = np.sum(a.astype(np.float64) * r, axis=-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(r, axis=-1)
+    both_zero = (np.linalg.norm(a, axis=-1) == 0) & (np.linalg.norm(r, axis=-1) == 0)
+    cos = np.where(both_zero, 1.0, num / np.maximum(den, 1e-30))
+    result = {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(diff.max(initial=0.0)) / scale,
+              "min_cos": float(cos.min(initial=1.0)), "mean_cos": float(cos.mean()) if len(cos) else 1.0}
+    if name in ("logits", "probabilities"):
+        result["argmax"] = float(np.mean(np.argmax(a, -1) == np.argmax(r, -1)))
+    return result
+
+
+def compare_runners(artifact: Runner, reference: Runner, batches: List[Batch]) -> dict:
+    """Per-output error statistics of `artifact` against `reference` over `batches`."""
+    collected: Dict[str, list] = {}
+    masks = []
+    for batch in batches:
+        got, want = artifact(batch.feeds), reference(batch.feeds)
+        k = batch.real_rows
+        masks.append(batch.feeds["input_mask"][:k])
+        for name in want:
+            if name not in got:
+                raise BertcError(f"artifact has no output '{name}'; expected the outputs "
+                                 f"{', '.join(sorted(want))}")
+            collected.setdefault(name, []).append((got[name][:k], want[name][:k]))
+    mask = np.concatenate(masks)
+    return {name: _compare(name, np.concatenate([p[0] for p in pairs]),
+                           np.concatenate([p[1] for p in pairs]), mask)
+            for name, pairs in collected.items()}
+
+
+def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
+    """The threshold violations of a per-output report, as readable lines."""
+    failures = []
+    for output, stats in report.items():
+        if thresholds.get("max_abs") is not None and output != "probabilities" \
+                and stats["max_abs"] > thresholds["max_abs"]:
+            failures.append(f"{output}: max_abs {stats['max_abs']:.3g} > {thresholds['max_abs']:g}")
+        if stats["min_cos"] < thresholds["min_cos"]:
+            failures.append(f"{output}: min cosine {stats['min_cos']:.6f} < {thresholds['min_cos']}")
+        if "argmax" in stats and stats["argmax"] < thresholds["argmax"]:
+            failures.append(f"{output}: argmax agreement {stats['argmax']:.4f} < {thresholds['argmax']}")
+    return failures
+
+
+def verify_runners(artifact: Runner, reference: Runner, batch_size: int, seq_len: int,
+                   text_features: Optional[Dict[str, np.ndarray]], vocab_size: int,
+                   type_vocab_size: int, thresholds: dict, random_rows: int = 32,
+                   text_source: str = None) -> dict:
+    """The full verify report: per input set, per output, and pass/fail."""
+    sets = {}
+    if text_features is not None:
+        sets["text"] = (text_features, text_source)
+    sets["random"] = (random_features(random_rows, seq_len, vocab_size, type_vocab_size), None)
+    report = {"thresholds": thresholds, "batch_size": batch_size, "seq_len": seq_len,
+              "inputs": {}, "failures": []}
+    for set_name, (features, source) in sets.items():
+        stats = compare_runners(artifact, reference, pad_rows(features, batch_size))
+        report["inputs"][set_name] = {"rows": int(len(features["input_ids"])),
+                                      "source": source, "outputs": stats}
+        report["failures"] += [f"{set_name}: {line}" for line in check(stats, thresholds)]
+        for output, s in stats.items():
+            logging.info("verify %-6s %-16s max_abs %.3g  max_rel %.3g  min_cos %.7f%s",
+                         set_name, output, s["max_abs"], s["max_rel"], s["min_cos"],
+                         f"  argmax {s['argmax']:.4f}" if "argmax" in s else "")
+    report["passed"] = not report["failures"]
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A human-readable table of a verify report (for the CLI to print)."""
+    lines = [f"verify: batch {report['batch_size']} x seq {report['seq_len']}, thresholds "
+             + ", ".join(f"{k} {v}" for k, v in report["thresholds"].items() if v is not None)]
+    lines.append(f"  {'inputs':<8} {'output':<16} {'max_abs':>10} {'max_rel':>10} "
+                 f"{'min_cos':>11} {'argmax':>8}")
+    for set_name, entry in report["inputs"].items():
+        for output, s in entry["outputs"].items():
+            arg = f"{s['argmax']:.4f}" if "argmax" in s else "-"
+            lines.append(f"  {set_name:<8} {output:<16} {s['max_abs']:>10.3g} {s['max_rel']:>10.3g} "
+                         f"{s['min_cos']:>11.7f} {arg:>8}")
+        lines[-1] += f"   ({entry['rows']} rows{', ' + entry['source'] if entry['source'] else ''})"
+    lines.append("verify: PASSED" if report["passed"] else
+                 "verify: FAILED: " + "; ".join(report["failures"]))
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""`bertc verify ARTIFACT`: an artifact against the reference built from its source.
+
+The reference is the unrewritten fp32 model built from the checkpoint recorded in
+the manifest (its checksums are checked first, so a changed checkpoint is named,
+not silently compared). Thresholds come from the manifest (exact or approximate
+build) unless given.
+"""
+
+import logging
+import os
+
+from bertc import builder, checkpoint, freeze, manifest, modeling
+from bertc import verify as verify_lib
+from bertc.errors import BertcError
+
+
+def source_options(doc: dict) -> builder.BuildOptions:
+    """BuildOptions that re-read the artifact's source checkpoint."""
+    src = doc["source"]
+    opts = builder.BuildOptions(output="", batch_size=doc["batch_size"])
+    if src["kind"] == "google_checkpoint":
+        opts.ckpt = os.path.join(src["path"], src.get("prefix", checkpoint.DEFAULT_PREFIX))
+    else:
+        opts.saved_model, opts.bert_config, opts.vocab = (src["path"], src.get("bert_config"),
+                                                          src.get("vocab"))
+    return opts
+
+
+def check_checksums(doc: dict) -> None:
+    src = doc["source"]
+    for name, digest in (src.get("files") or {}).items():
+        path = name if os.path.isabs(name) else os.path.join(src["path"], name)
+        if digest is None or not os.path.isfile(path):
+            continue
+        if checkpoint.sha256_file(path) != digest:
+            raise BertcError(f"{path}: sha256 differs from the one recorded in the artifact's "
+                             "manifest; expected the checkpoint the artifact was built from")
+
+
+def verify_artifact(artifact: str, data: str = None, rows: int = None, thresholds: dict = None,
+                    seq_lens=None, random_rows: int = 32) -> dict:
+    """Verifies every (or the given) sequence length of an artifact.
+
+    Returns {'passed': bool, 'per_seq_len': {S: report}}.
+    """
+    doc = manifest.read(artifact)
+    check_checksums(doc)
+    ckpt = builder.load_source(source_options(doc), checksums=False)
+    model = modeling.BertModel(ckpt.config, ckpt.weights)
+    thresholds = thresholds or doc["verify"]["thresholds"]
+    vocab = os.path.join(artifact, doc["tokenizer"]["vocab_file"])
+    reports = {}
+    for entry in doc["models"]:
+        seq_len = entry["seq_len"]
+        if seq_lens and seq_len not in seq_lens:
+            continue
+        concrete = freeze.trace(model, doc["head"], doc["batch_size"], seq_len)
+        features, source = builder.text_features(data, vocab, doc["tokenizer"]["do_lower_case"],
+                                                 seq_len, rows)
+        reports[str(seq_len)] = verify_lib.verify_runners(
+            builder.saved_model_runner(os.path.join(artifact, entry["path"])),
+            builder.function_runner(concrete), doc["batch_size"], seq_len, features,
+            ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
+            random_rows=random_rows, text_source=source)
+    if not reports:
+        raise BertcError(f"--seq_len: the artifact has lengths "
+                         f"{[m['seq_len'] for m in doc['models']]}; none selected")
+    passed = all(r["passed"] for r in reports.values())
+    logging.info("verify %s: %s", artifact, "passed" if passed else "FAILED")
+    return {"artifact": os.path.abspath(artifact), "passed": passed, "per_seq_len": reports}
