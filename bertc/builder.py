@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from bertc import atomic, checkpoint, export, freeze, manifest, modeling, rewriting
+from bertc import atomic, checkpoint, export, freeze, manifest, modeling, rewriting, runners
 from bertc import verify as verify_lib
 from bertc.errors import BertcError
 from bertc.stages import StageLog
@@ -120,39 +120,19 @@ def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq
     return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len), path
 
 
-def saved_model_runner(export_dir: str):
-    """A verify Runner over a SavedModel's serving_default signature."""
-    import tensorflow as tf
-    fn = export.load_signature(export_dir)
-
-    def run(feeds):
-        return {k: v.numpy() for k, v in fn(**{n: tf.constant(a) for n, a in feeds.items()}).items()}
-    return run
-
-
-def function_runner(concrete):
-    """A verify Runner over the unrewritten model's concrete function."""
-    import tensorflow as tf
-
-    def run(feeds):
-        out = concrete(**{n: tf.constant(a) for n, a in feeds.items()})
-        return {k: v.numpy() for k, v in out.items()}
-    return run
-
-
 def build(options: BuildOptions) -> BuildResult:
     """Builds, exports, compiles and verifies an artifact; see the module docstring."""
     check_options(options)
-    passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
-                               options.aggressive_optimizations, options.target,
-                               options.default_rewrites)
     neuron_args = None
-    if options.target == "neuron":
+    if options.target == "neuron":  # before anything else: a missing SDK is the first error
         from bertc.targets import neuron
         neuron_args = (list(options.compiler_args) if options.compiler_args is not None
                        else list(neuron.DEFAULT_COMPILER_ARGS))
         if not options.dry_run:
             neuron.preflight()
+    passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
+                               options.aggressive_optimizations, options.target,
+                               options.default_rewrites)
     atomic.refuse_existing(os.path.abspath(options.output), options.overwrite)
     log = StageLog()
     with log.stage("read"):
@@ -180,9 +160,13 @@ def build(options: BuildOptions) -> BuildResult:
             with log.stage("trace"):
                 concrete = freeze.trace(model, head, options.batch_size, seq_len)
             with log.stage("freeze"):
-                frozen = freeze.freeze(concrete, options.batch_size, seq_len)
+                reference = freeze.freeze(concrete, options.batch_size, seq_len, model.weights)
+                del concrete
+                if seq_len == max(options.seq_lens):
+                    model.weights = None  # the last trace: the graph holds the weights now
             with log.stage("rewrite"):
-                frozen, reports = rewriting.apply(frozen, passes, pass_options, options.strict)
+                frozen, reports = rewriting.apply(reference, passes, pass_options,
+                                                  options.strict)
             rewrite_reports[str(seq_len)] = reports
             relative = os.path.join(f"seq_{seq_len}", "1")
             with log.stage("export"):
@@ -199,10 +183,12 @@ def build(options: BuildOptions) -> BuildResult:
                     features, source = text_features(options.verify_data, ckpt.vocab_file,
                                                      lower, seq_len, options.verify_rows)
                     verify_reports[str(seq_len)] = verify_lib.verify_runners(
-                        saved_model_runner(os.path.join(tmp, relative)),
-                        function_runner(concrete), options.batch_size, seq_len, features,
+                        lambda: runners.saved_model_runner(os.path.join(tmp, relative)),
+                        lambda: runners.graph_def_runner(reference), options.batch_size,
+                        seq_len, features,
                         config.vocab_size, config.type_vocab_size, thresholds,
                         text_source=source)
+            del reference
         shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
         doc = manifest.make_manifest(
             options=options, source=ckpt.source, config=config, head=head,

@@ -112,7 +112,7 @@ def read_tf_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
             continue
         try:
             value = reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as e:
+        except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: short read
             first = str(e).strip().splitlines()[0]
             raise BertcError(f"{prefix}.data-*: cannot read tensor '{name}' ({first}); the "
                              "file may be truncated") from None

@@ -1,43 +1,133 @@
 """Writing a frozen GraphDef as a SavedModel with a `serving_default` signature.
 
-The SavedModel is TF1-style (a MetaGraphDef holding the GraphDef, no variables):
-plain TensorFlow loads it with `tf.saved_model.load`, TensorFlow Serving serves
-it, and `tensorflow.neuron.saved_model.compile` takes it as `model_dir`.
-Signature: inputs input_ids, input_mask, segment_ids int32 [B, S]; outputs by
-name (sequence_output, pooled_output, logits, probabilities, embedding).
+The SavedModel is TF1-style: one MetaGraphDef (tag `serve`) holding the GraphDef
+with its weights as constants, no variables. Plain TensorFlow loads it with
+`tf.saved_model.load`, TensorFlow Serving serves it, and
+`tensorflow.neuron.saved_model.compile` takes it as `model_dir`.
+Signature: inputs input_ids, input_mask, segment_ids int32 [B, S]; outputs by name
+(sequence_output, pooled_output, logits, probabilities, embedding).
+
+The file is assembled from its parts instead of through a Session and
+SavedModelBuilder, which would import the graph and copy every weight twice more:
+protobuf messages concatenate, so `saved_model.pb` is written as the serialized
+SavedModel header followed by the GraphDef's own bytes, tagged as field
+`meta_graphs[0].graph_def`.
 """
 
 import os
 
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.framework import meta_graph, op_def_registry
 
 from bertc.freeze import FrozenGraph
 
+_WIRE_LENGTH_DELIMITED = 2
+_SAVED_MODEL_META_GRAPHS = 2   # SavedModel.meta_graphs
+_META_GRAPH_GRAPH_DEF = 2      # MetaGraphDef.graph_def
+_GRAPH_DEF_NODE = 1            # GraphDef.node
 
-def signature_def(graph, frozen: FrozenGraph):
-    """The serving_default SignatureDef of an imported frozen graph."""
-    build_info = tf.compat.v1.saved_model.utils.build_tensor_info
-    inputs = {name: build_info(graph.get_tensor_by_name(f"{node}:0"))
-              for name, node in frozen.inputs.items()}
-    outputs = {name: build_info(graph.get_tensor_by_name(f"{node}:0"))
-               for name, node in frozen.outputs.items()}
-    return tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
-        inputs=inputs, outputs=outputs,
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload_length: int) -> bytes:
+    """Tag and length of a length-delimited protobuf field."""
+    return _varint((number << 3) | _WIRE_LENGTH_DELIMITED) + _varint(payload_length)
+
+
+def strip_default_attrs(graph_def) -> None:
+    """Drops attributes equal to their op's default (in place), so older TF loads the graph."""
+    for node in graph_def.node:
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            continue
+        for attr_def in op_def.attr:
+            if (attr_def.HasField("default_value") and attr_def.name in node.attr
+                    and node.attr[attr_def.name] == attr_def.default_value):
+                del node.attr[attr_def.name]
+
+
+def signature_def(frozen: FrozenGraph) -> meta_graph_pb2.SignatureDef:
+    """The serving_default SignatureDef from the FrozenGraph's boundary."""
+    sig = meta_graph_pb2.SignatureDef(
         method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+    for name, node in frozen.inputs.items():
+        info = sig.inputs[name]
+        info.name, info.dtype = f"{node}:0", tf.int32.as_datatype_enum
+        info.tensor_shape.CopyFrom(
+            tf.TensorShape([frozen.batch_size, frozen.seq_len]).as_proto())
+    for name, node in frozen.outputs.items():
+        dtype, shape = frozen.output_specs[name]
+        info = sig.outputs[name]
+        info.name, info.dtype = f"{node}:0", tf.as_dtype(dtype).as_datatype_enum
+        info.tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
+    return sig
 
 
 def write_saved_model(frozen: FrozenGraph, export_dir: str) -> None:
-    """Writes `frozen` as a SavedModel at `export_dir` (which must not exist)."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(frozen.graph_def, name="")
-        with tf.compat.v1.Session(graph=graph) as session:
-            builder = tf.compat.v1.saved_model.Builder(export_dir)
-            builder.add_meta_graph_and_variables(
-                session, [tf.compat.v1.saved_model.tag_constants.SERVING],
-                signature_def_map={"serving_default": signature_def(graph, frozen)},
-                strip_default_attrs=True)
-            builder.save()
+    """Writes `frozen` as a SavedModel at `export_dir` (created; must not exist)."""
+    strip_default_attrs(frozen.graph_def)
+    meta = meta_graph_pb2.MetaGraphDef()
+    meta.meta_info_def.tags.append(tf.compat.v1.saved_model.tag_constants.SERVING)
+    meta.meta_info_def.tensorflow_version = tf.__version__
+    meta.meta_info_def.tensorflow_git_version = tf.version.GIT_VERSION
+    meta.meta_info_def.stripped_default_attrs = True
+    meta.meta_info_def.stripped_op_list.CopyFrom(
+        meta_graph.stripped_op_list_for_graph(frozen.graph_def))
+    meta.signature_def["serving_default"].CopyFrom(signature_def(frozen))
+    graph_def = frozen.graph_def
+    meta_bytes = meta.SerializeToString()
+    graph_length = _graph_def_length(graph_def)
+    meta_length = len(meta_bytes) + len(_field(_META_GRAPH_GRAPH_DEF, graph_length)) + graph_length
+    header = saved_model_pb2.SavedModel(saved_model_schema_version=1).SerializeToString()
+    os.makedirs(export_dir)
+    with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+        f.write(header)
+        f.write(_field(_SAVED_MODEL_META_GRAPHS, meta_length))
+        f.write(meta_bytes)
+        f.write(_field(_META_GRAPH_GRAPH_DEF, graph_length))
+        _write_graph_def(f, graph_def)
+
+
+def _non_node_fields(graph_def):
+    """A GraphDef with every field of `graph_def` but its nodes (versions, library)."""
+    rest = type(graph_def)()
+    for field, value in graph_def.ListFields():
+        if field.name == "node":
+            continue
+        if field.message_type is not None:
+            getattr(rest, field.name).CopyFrom(value)
+        else:
+            setattr(rest, field.name, value)
+    return rest
+
+
+def _graph_def_length(graph_def) -> int:
+    """Serialized size of a GraphDef, node by node (GraphDef.ByteSize() would
+    serialize the whole graph into a temporary buffer as large as the weights)."""
+    total = _non_node_fields(graph_def).ByteSize()
+    for node in graph_def.node:
+        size = node.ByteSize()
+        total += len(_field(_GRAPH_DEF_NODE, size)) + size
+    return total
+
+
+def _write_graph_def(f, graph_def) -> None:
+    """Serializes a GraphDef field by field, so no whole-graph byte copy exists."""
+    rest = _non_node_fields(graph_def)
+    for node in graph_def.node:
+        data = node.SerializeToString()
+        f.write(_field(_GRAPH_DEF_NODE, len(data)))
+        f.write(data)
+    f.write(rest.SerializeToString())
 
 
 def load_signature(export_dir: str):

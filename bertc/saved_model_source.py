@@ -30,7 +30,23 @@ def google_name(name: str):
         if name.endswith(suffix):
             name = name[:-len(suffix)]
     m = _GOOGLE_NAME.search(name)
-    return m.group(1) if m else None
+    if not m or "cls" in name[:m.start(1)].split("/"):
+        return None  # cls/seq_relationship/output_bias is the NSP head, not a classifier
+    return m.group(1)
+
+
+_LAYER_WEIGHT = re.compile(r"^bert/encoder/layer_\d+/(.+)$")
+_TOP_WEIGHTS = frozenset({
+    names.WORD_EMBEDDINGS, names.TOKEN_TYPE_EMBEDDINGS, names.POSITION_EMBEDDINGS,
+    names.EMBEDDINGS_LN_GAMMA, names.EMBEDDINGS_LN_BETA, names.POOLER_KERNEL,
+    names.POOLER_BIAS, names.CLASSIFIER_WEIGHTS, names.CLASSIFIER_BIAS})
+
+
+def is_weight_name(name: str) -> bool:
+    """True for a Google name that is a BERT weight (not e.g. an initializer's
+    `.../kernel/Initializer/truncated_normal/stddev` or a graph's `.../mul/y`)."""
+    m = _LAYER_WEIGHT.match(name)
+    return name in _TOP_WEIGHTS or bool(m and m.group(1) in names.LAYER_SUFFIXES)
 
 
 def _keep(found: dict, name, value, where: str) -> None:
@@ -63,7 +79,9 @@ def read_saved_model_weights(model_dir: str) -> dict:
         graphs = [meta.graph_def.node] + [f.node_def for f in meta.graph_def.library.function]
         for nodes in graphs:
             for node in nodes:
-                if node.op == "Const":
+                # Only Consts that are weights: a graph's own float constants under
+                # bert/ (initializers, `.../mul/y`) are not.
+                if node.op == "Const" and is_weight_name(google_name(node.name) or ""):
                     _keep(found, node.name, tf.make_ndarray(node.attr["value"].tensor), pb)
     index = os.path.join(model_dir, "variables", "variables.index")
     if os.path.isfile(index):

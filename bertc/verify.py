@@ -83,23 +83,34 @@ def _compare(name: str, a: np.ndarray, r: np.ndarray, mask: np.ndarray) -> dict:
     return result
 
 
-def compare_runners(artifact: Runner, reference: Runner, batches: List[Batch]) -> dict:
-    """Per-output error statistics of `artifact` against `reference` over `batches`."""
-    collected: Dict[str, list] = {}
-    masks = []
-    for batch in batches:
-        got, want = artifact(batch.feeds), reference(batch.feeds)
-        k = batch.real_rows
-        masks.append(batch.feeds["input_mask"][:k])
-        for name in want:
-            if name not in got:
-                raise BertcError(f"artifact has no output '{name}'; expected the outputs "
-                                 f"{', '.join(sorted(want))}")
-            collected.setdefault(name, []).append((got[name][:k], want[name][:k]))
-    mask = np.concatenate(masks)
-    return {name: _compare(name, np.concatenate([p[0] for p in pairs]),
-                           np.concatenate([p[1] for p in pairs]), mask)
-            for name, pairs in collected.items()}
+def run_all(runner_factory, batches: List[Batch]) -> List[Dict[str, np.ndarray]]:
+    """Outputs of one runner for every batch; the runner is closed afterwards."""
+    runner = runner_factory()
+    try:
+        return [{k: v[:b.real_rows] for k, v in runner(b.feeds).items()} for b in batches]
+    finally:
+        close = getattr(runner, "close", None)
+        if close:
+            close()
+
+
+def compare_runners(artifact_factory, reference_factory, batches: List[Batch]) -> dict:
+    """Per-output error statistics of the artifact against the reference over `batches`.
+
+    The factories make runners (callables feeds -> outputs, with an optional
+    close()); they run one after the other, so only one model is in memory.
+    """
+    want = run_all(reference_factory, batches)
+    got = run_all(artifact_factory, batches)
+    mask = np.concatenate([b.feeds["input_mask"][:b.real_rows] for b in batches])
+    report = {}
+    for name in want[0]:
+        if name not in got[0]:
+            raise BertcError(f"artifact has no output '{name}'; expected the outputs "
+                             f"{', '.join(sorted(want[0]))}")
+        report[name] = _compare(name, np.concatenate([g[name] for g in got]),
+                                np.concatenate([w[name] for w in want]), mask)
+    return report
 
 
 def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
@@ -116,11 +127,15 @@ def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
     return failures
 
 
-def verify_runners(artifact: Runner, reference: Runner, batch_size: int, seq_len: int,
+def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                    text_features: Optional[Dict[str, np.ndarray]], vocab_size: int,
                    type_vocab_size: int, thresholds: dict, random_rows: int = 32,
                    text_source: str = None) -> dict:
-    """The full verify report: per input set, per output, and pass/fail."""
+    """The full verify report: per input set, per output, and pass/fail.
+
+    Args:
+      artifact, reference: factories of runners (see compare_runners).
+    """
     sets = {}
     if text_features is not None:
         sets["text"] = (text_features, text_source)

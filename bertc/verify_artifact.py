@@ -9,7 +9,7 @@ build) unless given.
 import logging
 import os
 
-from bertc import builder, checkpoint, freeze, manifest, modeling
+from bertc import builder, checkpoint, freeze, manifest, modeling, runners
 from bertc import verify as verify_lib
 from bertc.errors import BertcError
 
@@ -54,12 +54,12 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         seq_len = entry["seq_len"]
         if seq_lens and seq_len not in seq_lens:
             continue
-        concrete = freeze.trace(model, doc["head"], doc["batch_size"], seq_len)
+        reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len)
         features, source = builder.text_features(data, vocab, doc["tokenizer"]["do_lower_case"],
                                                  seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(
-            builder.saved_model_runner(os.path.join(artifact, entry["path"])),
-            builder.function_runner(concrete), doc["batch_size"], seq_len, features,
+            lambda: runners.saved_model_runner(os.path.join(artifact, entry["path"])),
+            lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)
     if not reports:
