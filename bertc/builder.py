@@ -152,7 +152,7 @@ def build(options: BuildOptions) -> BuildResult:
                  config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
                  config.head_size, head, ", ".join(passes) or "none")
     exact = rewriting.is_exact(passes)
-    thresholds = verify_lib.EXACT if exact else verify_lib.APPROXIMATE
+    thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
     pass_options = {"dtype": options.dtype, "aggressive": options.aggressive_optimizations}
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
     with atomic.output_directory(options.output, options.overwrite) as tmp:
@@ -167,6 +167,7 @@ def build(options: BuildOptions) -> BuildResult:
             with log.stage("rewrite"):
                 frozen, reports = rewriting.apply(reference, passes, pass_options,
                                                   options.strict)
+                rewriting.check_sites(reports, config)  # bertc built this graph
             rewrite_reports[str(seq_len)] = reports
             relative = os.path.join(f"seq_{seq_len}", "1")
             with log.stage("export"):

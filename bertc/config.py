@@ -38,9 +38,11 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     initializer_range: float = 0.02
+    # Where the values came from, for error messages (not a field: not in to_dict()).
+    where: dataclasses.InitVar[str] = "bert_config"
 
-    def __post_init__(self):
-        self.validate()
+    def __post_init__(self, where):
+        self.validate(where)
 
     @property
     def head_size(self) -> int:
@@ -92,7 +94,7 @@ class BertConfig:
         missing = [k for k in required if k not in values]
         if missing:
             raise BertcError(f"{where}: missing field(s) {', '.join(missing)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in values.items() if k in known}, where=where)
 
     @classmethod
     def from_json_file(cls, path: str) -> "BertConfig":

@@ -1,0 +1,164 @@
+"""The base classes of every pass.
+
+`RewritePass.apply(graph_def, protected_nodes=())` is pure: it copies the graph,
+rewrites the copy and returns `(new_graph_def, sites)`, the number of places it
+changed.  `FusionPass` is the ONNX-Runtime-style base of the pattern fusions:
+`fuse(graph, match, edit)` only decides what to add, rewire and remove (into an
+`Edit`), and the base class makes one edit of the graph at the end.  The base
+class also refuses matches that would remove a protected node, that touch a node
+another match of the same run already took, or whose interior outputs are read
+outside the match.
+"""
+
+import logging
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+from rewrites.graph import Graph, GraphDef, parse_input
+from rewrites.pattern import Match, Matcher, Pattern
+
+logger = logging.getLogger(__name__)
+
+
+class RewritePass:
+    """A GraphDef -> GraphDef transform with a site count.
+
+    Class attributes:
+      name: the registry name.
+      exact: True if the output equals the input up to float32 re-association.
+      max_abs_error: the error bound, in words (what tests check).
+      option_names: keys of the pipeline's options this pass accepts as kwargs.
+    """
+
+    name = ""
+    exact = True
+    max_abs_error = "0 (bit-identical)"
+    option_names: Tuple[str, ...] = ()
+
+    def __init__(self, **options):
+        unknown = set(options) - set(self.option_names)
+        if unknown:
+            raise TypeError(f"pass {self.name}: unknown options {', '.join(sorted(unknown))}")
+        self.options = options
+        self.details: Dict[str, int] = {}
+
+    def apply(self, graph_def: GraphDef, protected_nodes: Iterable[str] = ()
+              ) -> Tuple[GraphDef, int]:
+        """Returns (rewritten copy of graph_def, number of sites rewritten)."""
+        graph = Graph(graph_def, protected=protected_nodes)
+        self.details = {}
+        sites = self.rewrite(graph)
+        logger.info("%s: %d site(s)%s", self.name, sites,
+                    "".join(f", {k} {v}" for k, v in self.details.items()))
+        return graph.to_graph_def(), sites
+
+    def rewrite(self, graph: Graph) -> int:
+        """Edits `graph` in place; returns the number of sites."""
+        raise NotImplementedError
+
+
+class Edit:
+    """What one fusion run adds, rewires and removes, applied at once.
+
+    Names of added nodes are reserved on the graph when they are added, so later
+    `add_*` calls in the same run never collide.
+    """
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._rewire: Dict[str, str] = {}
+        self._remove: set = set()
+        self._collect: set = set()
+
+    def add_node(self, op: str, name: str, inputs: Sequence[str] = (), attrs: dict = None) -> str:
+        return self.graph.add_node(op, name, inputs, attrs).name
+
+    def add_const(self, name: str, value, dtype=None) -> str:
+        return self.graph.add_const(name, value, dtype)
+
+    def replace(self, old_tensor: str, new_tensor: str) -> None:
+        """Every reader of `old_tensor` will read `new_tensor`."""
+        self._rewire[old_tensor] = new_tensor
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Nodes that must be gone (nothing may read them once rewired)."""
+        self._remove.update(names)
+
+    def collect(self, names: Iterable[str]) -> None:
+        """Nodes (constants a match used) to remove if nothing reads them any more."""
+        self._collect.update(names)
+
+    def apply(self) -> None:
+        graph = self.graph
+        if self._rewire:
+            graph.replace_uses(self._rewire, skip=self._remove)
+        still_read = {n: sorted(graph.consumer_names(n) - self._remove)
+                      for n in self._remove if n in graph}
+        still_read = {n: users for n, users in still_read.items() if users}
+        if still_read:
+            name, users = next(iter(still_read.items()))
+            raise RuntimeError(f"edit would leave {users[0]!r} reading removed node {name!r}")
+        graph.remove(self._remove)
+        graph.remove_unused(self._collect)
+
+
+class FusionPass(RewritePass):
+    """A pass that replaces each match of `pattern` rooted at a node.
+
+    Subclasses set `pattern` (and `root_ops`, the op types a root can have) and
+    implement `fuse(graph, match, edit) -> bool`.
+    """
+
+    pattern: Pattern = None
+    root_ops: Tuple[str, ...] = ()
+    see_through: Tuple[str, ...] = ("Identity",)
+
+    def rewrite(self, graph: Graph) -> int:
+        matcher = Matcher(self.pattern, see_through=self.see_through)
+        edit = Edit(graph)
+        claimed: set = set()
+        sites = 0
+        for node in graph.topological():
+            if self.root_ops and node.op not in self.root_ops:
+                continue
+            for match in matcher.matches(graph, node.name):
+                if (match.nodes - match.consts) & claimed:
+                    continue
+                reason = self.refusal(graph, match)
+                if reason:
+                    logger.debug("%s: refusing match at %s: %s", self.name, node.name, reason)
+                    continue
+                if self.fuse(graph, match, edit):
+                    claimed |= match.nodes - match.consts
+                    sites += 1
+                    break
+        edit.apply()
+        return sites
+
+    def refusal(self, graph: Graph, match: Match) -> Optional[str]:
+        """Why a match may not be fused (None if it may): a protected or
+        control-dependent interior node, or an interior output read outside."""
+        return interior_refusal(graph, match.interior() | {parse_input(match.root)[0]},
+                                match.nodes, outputs={parse_input(match.root)[0]})
+
+    def fuse(self, graph: Graph, match: Match, edit: Edit) -> bool:
+        raise NotImplementedError
+
+
+def interior_refusal(graph: Graph, removed: Iterable[str], covered: Iterable[str],
+                     outputs: Iterable[str] = ()) -> Optional[str]:
+    """Why removing `removed` is unsafe, or None.  `covered` nodes may read them
+    freely; `outputs` may be read by anyone (their uses get rewired)."""
+    covered = set(covered)
+    outputs = set(outputs)
+    for name in removed:
+        node = graph.node(name)
+        if name in graph.protected:
+            return f"{name} is protected"
+        if Graph.control_inputs(node) or graph.control_consumers(name):
+            return f"{name} has control edges"
+        if name in outputs:
+            continue
+        outside = graph.consumer_names(name) - covered
+        if outside:
+            return f"{name} is also read by {sorted(outside)[0]}"
+    return None
