@@ -3,6 +3,9 @@
   bertc build   [--ckpt DIR | --saved_model DIR] [--crude_gelu] [--output DIR] ...
   bertc verify  ARTIFACT [--verify_data TSV] [--json]
   bertc convert --hf_dir DIR --output DIR
+  bertc serve   --model ARTIFACT [--port 8501] [--parallel N] [--max_batch_delay_ms 5]
+  bertc client  --url http://127.0.0.1:8501 [--clients 48 --cycle 128] [--tsv TSV |
+                --pair "sentence a" "sentence b"] [--json] [--plot FILE.png]
 Every command prints its result; errors are one line on stderr and exit 1.
 """
 
@@ -14,6 +17,7 @@ import sys
 from absl import app, flags
 
 from bertc.errors import BertcError
+from bertc.serving import defaults as serving_defaults
 
 FLAGS = flags.FLAGS
 
@@ -58,8 +62,49 @@ flags.DEFINE_string("verify_data", None, "MRPC-format TSV or text file (one sent
                     "tab-separated pair per line). Default: ../shared/data/glue_mrpc_dev.tsv.")
 flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows.")
 flags.DEFINE_bool("json", False, "Print a machine-readable JSON report.")
+# Serve.
+flags.DEFINE_string("model", None, "serve: the artifact directory written by bertc build.")
+flags.DEFINE_string("model_name", None, "serve: the name in /v1/models/<name> (default: the "
+                    "artifact's directory name). client: the model to call (default: asked "
+                    "of the server's /ping).")
+flags.DEFINE_string("host", serving_defaults.HOST, "serve: address to bind; 0.0.0.0 (all "
+                    "interfaces) must be asked for.")
+flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving's REST "
+                     "port; 0: any free port, logged).")
+flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
+                     "thread with its own Session over every bucket (1 was fastest on 2 "
+                     "cores).")
+flags.DEFINE_integer("intra_op_threads", None, "serve: intra-op threads per replica "
+                     "(default: CPU cores / --parallel).")
+flags.DEFINE_float("max_batch_delay_ms", serving_defaults.MAX_BATCH_DELAY_MS, "serve: how "
+                   "long the oldest request of a partial batch waits before the batch is "
+                   "padded and run.")
+flags.DEFINE_integer("max_queue", serving_defaults.MAX_QUEUE, "serve: rows (model inputs) "
+                     "that may wait for a batch; beyond it requests get 503 + Retry-After.")
+flags.DEFINE_integer("max_instances", serving_defaults.MAX_INSTANCES, "serve: instances "
+                     "allowed in one request.")
+flags.DEFINE_integer("max_body_bytes", serving_defaults.MAX_BODY_BYTES, "serve: largest "
+                     "request body (413 beyond).")
+flags.DEFINE_float("paraphrase_threshold", None, "serve: cosine threshold for embedding "
+                   "heads (default: the manifest's, else 0.68, calibrated for MiniLM on "
+                   "MRPC dev).")
+# Client.
+flags.DEFINE_string("url", f"http://127.0.0.1:{serving_defaults.PORT}", "client: the "
+                    "server's base URL.")
+flags.DEFINE_integer("clients", 48, "client: concurrent clients.")
+flags.DEFINE_integer("cycle", 128, "client: requests each client sends, one at a time.")
+flags.DEFINE_string("tsv", None, "client: MRPC-format TSV to draw pairs from (default: "
+                    "../shared/data/glue_mrpc_dev.tsv).")
+flags.DEFINE_string("pair", None, "client: send one pair instead: --pair \"sentence a\" "
+                    "\"sentence b\".")
+flags.DEFINE_bool("progress", False, "client: draw a progress bar on stderr even when it is "
+                  "not a terminal.")
+flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs "
+                    "matplotlib).")
+flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
+flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout.")
 
-COMMANDS = ("build", "verify", "convert")
+COMMANDS = ("build", "verify", "convert", "serve", "client")
 
 
 def _lower_case():
@@ -139,6 +184,33 @@ def cmd_convert(args):
     print(f"wrote Google-format checkpoint {prefix}")
 
 
+def cmd_serve(args):
+    from bertc.serving import server
+    if args:
+        raise BertcError(f"serve: unexpected argument {args[0]!r}; expected --model ARTIFACT")
+    if not FLAGS.model:
+        raise BertcError("serve: --model is required; expected an artifact directory written "
+                         "by bertc build")
+    server.run(server.ServerConfig(
+        model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
+        parallel=FLAGS.parallel,
+        intra_op_threads=FLAGS.intra_op_threads, max_batch_delay_ms=FLAGS.max_batch_delay_ms,
+        max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
+        max_body_bytes=FLAGS.max_body_bytes, paraphrase_threshold=FLAGS.paraphrase_threshold))
+
+
+def cmd_client(args):
+    from bertc.client import command
+    pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
+    summary, text = command.run_client(
+        url=FLAGS.url, model_name=FLAGS.model_name, pairs=pairs, clients=FLAGS.clients,
+        cycle=FLAGS.cycle, timeout_s=FLAGS.request_timeout_s, seed=FLAGS.seed,
+        progress=FLAGS.progress, plot=FLAGS.plot)
+    print(json.dumps(summary, indent=2) if FLAGS.json else text)
+    if not summary["ok"]:
+        raise BertcError(f"client: none of {summary['requests']} requests succeeded")
+
+
 def main(argv):
     args = argv[1:]
     if not args or args[0] not in COMMANDS:
@@ -158,9 +230,28 @@ def main(argv):
     return 0
 
 
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with its C++ start-up banner (oneDNN, CPU features) hidden.
+
+    TF 2.21 prints it before absl logging is initialised, whatever
+    TF_CPP_MIN_LOG_LEVEL says, so stderr (fd 2) is pointed at /dev/null meanwhile.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass  # reported where it is first needed
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def run():
     """Console-script entry point."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _import_tensorflow_quietly()
     app.run(lambda argv: sys.exit(main(argv)))
 
 

@@ -390,17 +390,7 @@ def test_pretraining_saved_model_nsp_head_is_not_a_classifier(tmp_path):
 # --------------------------------------------------------------------------- Neuron target
 
 
-def _has_pass(name):
-    try:
-        import rewrites
-        return name in rewrites.available_passes()
-    except Exception:  # the rewrites package is being written alongside
-        return False
-
-
 def test_neuron_dry_run_records_the_compile_call(tiny_ckpt, tmp_path):
-    if not _has_pass("cpu_embeddings"):
-        pytest.skip("rewrites has no cpu_embeddings pass yet (needed by --target neuron)")
     out = str(tmp_path / "neuron_art")
     proc = bt.run_cli("build", "--ckpt", tiny_ckpt, "--target", "neuron", "--dry_run",
                       "--batch_size", BATCH, "--seq_len", SEQ, "--verify_rows", 4,
