@@ -203,6 +203,10 @@ def build(options: BuildOptions) -> BuildResult:
             raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
                                verify_reports)
         manifest.write(tmp, doc)
+        from bertc.serving import defaults as serving_defaults, tfserving_config
+        tfserving_config.write_tf_serving_configs(
+            tmp, doc, delay_ms=serving_defaults.MAX_BATCH_DELAY_MS,
+            base_dir=os.path.abspath(options.output))
     logging.info("wrote %s in %.1f s", options.output, log.total_seconds())
     return BuildResult(artifact=os.path.abspath(options.output), manifest=doc,
                        verify_report=verify_reports or None, stages=log.stages)

@@ -72,8 +72,8 @@ flags.DEFINE_string("host", serving_defaults.HOST, "serve: address to bind; 0.0.
 flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving's REST "
                      "port; 0: any free port, logged).")
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
-                     "thread with its own Session over every bucket (1 was fastest on 2 "
-                     "cores).")
+                     "thread with its own Session over every bucket (2 x 1 thread was "
+                     "fastest on 2 cores).")
 flags.DEFINE_integer("intra_op_threads", None, "serve: intra-op threads per replica "
                      "(default: CPU cores / --parallel).")
 flags.DEFINE_float("max_batch_delay_ms", serving_defaults.MAX_BATCH_DELAY_MS, "serve: how "
@@ -193,8 +193,8 @@ def cmd_serve(args):
                          "by bertc build")
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
-        parallel=FLAGS.parallel,
-        intra_op_threads=FLAGS.intra_op_threads, max_batch_delay_ms=FLAGS.max_batch_delay_ms,
+        parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
+        max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
         max_body_bytes=FLAGS.max_body_bytes, paraphrase_threshold=FLAGS.paraphrase_threshold))
 
@@ -251,7 +251,8 @@ def _import_tensorflow_quietly():
 def run():
     """Console-script entry point."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _import_tensorflow_quietly()
+    if "client" not in sys.argv[1:2]:  # the client speaks HTTP only
+        _import_tensorflow_quietly()
     app.run(lambda argv: sys.exit(main(argv)))
 
 

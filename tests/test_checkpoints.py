@@ -218,7 +218,8 @@ def test_manifest_contents(built):
     assert report["passed"] and report["inputs"]["text"]["rows"] == 4
     assert {s["stage"] for s in doc["stages"]} >= {"read", "trace", "freeze", "export",
                                                     "verify"}
-    assert sorted(os.listdir(out)) == ["bertc.json", f"seq_{SEQ}", "vocab.txt"]
+    assert sorted(os.listdir(out)) == ["batching_parameters.txt", "bertc.json",
+                                       "models.config", f"seq_{SEQ}", "vocab.txt"]
 
 
 def test_default_head_rules():

@@ -1,0 +1,59 @@
+"""`bertc client` as a library call: pairs from the flags, load, report, plot."""
+
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from bertc import textdata
+from bertc.client import loadgen, report
+from bertc.client import plot as plot_lib
+from bertc.client import progress as progress_lib
+from bertc.errors import BertcError
+from bertc.textdata import Pair
+
+
+def pairs_from_flags(tsv: Optional[str], pair: Optional[str], args: Sequence[str]
+                     ) -> List[Pair]:
+    """`--pair A B` (B arrives as the one positional argument) or an MRPC TSV."""
+    if pair is not None:
+        if tsv:
+            raise BertcError("client: --pair and --tsv both given; expected one")
+        if len(args) != 1:
+            raise BertcError("client: --pair expects two sentences: --pair \"sentence a\" "
+                             f"\"sentence b\" (got {1 + len(args)})")
+        return [Pair(label=None, text_a=pair, text_b=args[0])]
+    if args:
+        raise BertcError(f"client: unexpected argument {args[0]!r}; expected only flags "
+                         "(quote sentences given to --pair)")
+    path = tsv or textdata.default_mrpc_path()
+    if not path:
+        raise BertcError("client: --tsv not given and ../shared/data/glue_mrpc_dev.tsv not "
+                         "found; expected an MRPC-format TSV")
+    pairs = textdata.read_mrpc_tsv(path)
+    if not pairs:
+        raise BertcError(f"--tsv {path}: no rows; expected MRPC sentence pairs")
+    return pairs
+
+
+def run_client(*, url: str, model_name: Optional[str], pairs: Sequence[Pair], clients: int,
+               cycle: int, timeout_s: float, seed: int, progress: bool,
+               plot: Optional[str]) -> Tuple[dict, str]:
+    """Runs the load; returns (summary, text report). Writes the plot if asked."""
+    bar = _progress_bar(clients * cycle, progress)
+    try:
+        result = loadgen.run(url, pairs, clients, cycle, model_name=model_name,
+                             timeout_s=timeout_s, seed=seed,
+                             on_outcome=lambda o: bar.update(o.ok))
+    finally:
+        bar.close()
+    summary = report.summarize(result)
+    if plot:
+        title = (f"{summary['model_name']}: {clients} clients x {cycle}, "
+                 f"{summary['throughput_rps']:.0f} req/s")
+        plot_lib.save_latency_histogram(report.latencies_ms(result), plot, title)
+        summary["plot"] = plot
+    return summary, report.format_text(summary)
+
+
+
+def _progress_bar(total: int, requested: bool) -> progress_lib.ProgressBar:
+    return progress_lib.ProgressBar(total, progress_lib.should_show(requested, sys.stderr))

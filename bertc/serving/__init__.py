@@ -1,0 +1,17 @@
+"""`bertc serve`: an HTTP server for a built artifact, with dynamic batching.
+
+    HTTP (app.py: TF Serving REST :predict, text :classify, status, ping, metrics)
+      |  parse + tokenize (predict.py, classify.py, validation.py)
+      v
+    Batcher (batcher.py): one bounded queue per sequence bucket; static batches,
+      |  cut when full or when the oldest row waited max_batch_delay
+      v
+    Replicas (replica.py): N worker threads, each its own Session over every
+       bucket's SavedModel with its own intra-op threads
+Metrics (metrics.py), the artifact as seen by the server (artifact.py), defaults
+(defaults.py), paraphrase
+thresholds (paraphrase.py) and TF Serving scale-out files (tfserving_config.py)
+sit beside them; server.py ties them together and owns start-up and drain.
+Serving stands on the artifact (SavedModel + bertc.json + vocab.txt) and never
+imports the model-building code.
+"""

@@ -1,0 +1,203 @@
+"""The HTTP surface (aiohttp): TF Serving's REST paths plus ping and metrics.
+
+  POST /v1/models/<name>:predict            token ids in TF Serving format (predict.py)
+  POST /v1/models/<name>:classify           text (classify.py)
+  GET  /v1/models/<name>                    status, signature, batch, buckets, target
+  GET  /ping                                200 while serving, 503 while draining
+  GET  /metrics                             Prometheus text
+(`/v1/models/<name>/versions/1...` are accepted as well.) Every error is JSON
+`{"error": "<field>: <what was expected>"}`: 400 bad input, 404 unknown model or
+path, 405 wrong method, 413 body over --max_body_bytes, 503 + Retry-After when the
+queue is full or the server is draining, 500 when the batch failed (every request
+of that batch gets it). Handlers stay
+thin: parse, `server.infer(rows)`, format.
+"""
+
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from bertc.serving import classify, predict
+from bertc.serving.batcher import BatcherClosed, QueueFull
+from bertc.serving.validation import InputError, parse_json
+
+logger = logging.getLogger(__name__)
+
+SERVER = web.AppKey("bertc_server", object)
+ROUTE = web.RequestKey("bertc_route", str)  # the metrics label of a request
+RETRY_AFTER_S = "1"
+_VERBS = ("predict", "classify")
+
+
+def make_app(server) -> web.Application:
+    application = web.Application(client_max_size=server.config.max_body_bytes,
+                                  middlewares=[_errors_and_metrics])
+    application[SERVER] = server
+    application.add_routes([
+        web.post("/v1/models/{target}", _post_model, name="model_post"),
+        web.post("/v1/models/{name}/versions/{version}", _post_model, name="model_post_v"),
+        web.get("/v1/models/{name}", _get_model, name="status"),
+        web.get("/v1/models/{name}/versions/{version}", _get_model, name="status_v"),
+        web.get("/ping", _ping, name="ping"),
+        web.get("/metrics", _metrics, name="metrics"),
+    ])
+    return application
+
+
+def _json(body: dict, status: int = 200, headers=None) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler):
+    server = request.app[SERVER]
+    start = time.monotonic()
+    route = "other"
+    try:
+        response = await handler(request)
+    except InputError as e:
+        response = _json(e.body(), e.status, e.headers)
+    except web.HTTPException as e:
+        response = _json({"error": _http_error_message(request, e, server)}, e.status,
+                         _allow_header(e))
+    except Exception as e:  # noqa: BLE001 - any failure is a JSON 500
+        logger.exception("%s %s failed", request.method, request.path)
+        response = _json({"error": f"internal error: {e.__class__.__name__}: {e}"}, 500)
+    route = request.get(ROUTE, route)
+    seconds = time.monotonic() - start
+    server.metrics.observe_request(route, response.status, seconds)
+    if route in _VERBS and response.status == 200:
+        server.window.add_latency(seconds)
+    return response
+
+
+def _allow_header(e: web.HTTPException):
+    return {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+
+
+def _http_error_message(request, e: web.HTTPException, server) -> str:
+    if e.status == 413:
+        return (f"body: larger than {server.config.max_body_bytes} bytes; expected at most "
+                "--max_body_bytes")
+    if e.status == 405:
+        return f"{request.method} {request.path}: method not allowed"
+    if e.status == 404:
+        return (f"{request.path}: no such path; expected /v1/models/{server.name}:predict, "
+                f"/v1/models/{server.name}:classify, /v1/models/{server.name}, /ping, "
+                "/metrics")
+    return f"{request.path}: {e.reason}"
+
+
+def _check_model(request: web.Request, name: str, version) -> None:
+    server = request.app[SERVER]
+    if name != server.name:
+        raise InputError("model", f"{name!r} not found; this server serves {server.name!r}",
+                         status=404)
+    if version is not None and version != "1":
+        raise InputError("version", f"{version!r} not found; expected 1", status=404)
+
+
+async def _post_model(request: web.Request) -> web.Response:
+    info = request.match_info
+    if "target" in info:  # /v1/models/<name>:<verb>
+        version = None
+        name, _, verb = info["target"].rpartition(":")
+    else:  # /v1/models/<name>/versions/<version>:<verb>
+        name = info["name"]
+        version, _, verb = info["version"].rpartition(":")
+    if verb not in _VERBS:
+        raise InputError("path", f"{request.path}: expected /v1/models/<name>:predict or "
+                         ":classify", status=404)
+    request[ROUTE] = verb
+    _check_model(request, name, version)
+    server = request.app[SERVER]
+    doc = parse_json(await _read_body(request, server))
+    if verb == "predict":
+        parsed = predict.parse_predict(doc, server.artifact, server.config.max_instances)
+        results = await _infer(server, parsed.rows)
+        return _json(predict.format_predict(results, parsed.columnar,
+                                            server.artifact.outputs))
+    instances = classify.parse_classify(doc, server.config.max_instances)
+    planned = classify.encode_instances(instances, server.encoder, server.artifact.head)
+    rows = [(r.seq_len, r.feeds) for inst_rows in planned for r in inst_rows]
+    results = await _infer(server, rows)
+    answers, i = [], 0
+    for inst_rows in planned:
+        answers.append(classify.format_instance(server.artifact.head, inst_rows,
+                                                results[i:i + len(inst_rows)],
+                                                server.threshold))
+        i += len(inst_rows)
+    return _json({"predictions": answers})
+
+
+async def _read_body(request: web.Request, server) -> bytes:
+    limit = server.config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise InputError("body", f"{request.content_length} bytes; expected at most {limit} "
+                         "(--max_body_bytes)", status=413)
+    return await request.read()
+
+
+async def _infer(server, rows):
+    try:
+        return await server.infer(rows)
+    except QueueFull as e:
+        raise InputError("queue", f"full ({e.depth} rows waiting, --max_queue {e.limit}); "
+                         "retry later", status=503,
+                         headers={"Retry-After": RETRY_AFTER_S}) from None
+    except BatcherClosed:
+        raise InputError("server", "shutting down; retry on another replica", status=503,
+                         headers={"Retry-After": RETRY_AFTER_S, "Connection": "close"}
+                         ) from None
+    except Exception as e:  # noqa: BLE001 - the batch failed; every request in it gets this
+        raise InputError("inference", f"failed: {e.__class__.__name__}: {e}",
+                         status=500) from None
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    request[ROUTE] = "status"
+    server = request.app[SERVER]
+    _check_model(request, request.match_info["name"], request.match_info.get("version"))
+    art = server.artifact
+    available = not server.draining
+    shape = [art.batch_size, -1]
+    return _json({
+        "model_version_status": [{
+            "version": "1", "state": "AVAILABLE" if available else "END",
+            "status": {"error_code": "OK" if available else "UNAVAILABLE",
+                       "error_message": "" if available else "draining"}}],
+        "bertc": {
+            "name": server.name, "artifact": art.path, "head": art.head,
+            "signature": {"name": predict.SIGNATURE_KEY,
+                          "inputs": {n: {"dtype": "int32", "shape": shape} for n in art.inputs},
+                          "outputs": list(art.outputs)},
+            "batch_size": art.batch_size, "seq_lens": list(art.seq_lens),
+            "target": art.target, "do_lower_case": art.do_lower_case,
+            "paraphrase_threshold": server.threshold if art.head == "embedding" else None,
+            "paraphrase_threshold_source": (server.threshold_source
+                                            if art.head == "embedding" else None),
+            "parallel": server.config.parallel,
+            "intra_op_threads": server.config.threads_per_replica(),
+            "max_batch_delay_ms": server.config.max_batch_delay_ms,
+            "max_queue": server.config.max_queue,
+            "max_instances": server.config.max_instances,
+            "queue_depth": server.batcher.depth()}})
+
+
+async def _ping(request: web.Request) -> web.Response:
+    request[ROUTE] = "ping"
+    server = request.app[SERVER]
+    if server.draining:
+        return _json({"status": "draining", "model": server.name}, 503,
+                     {"Retry-After": RETRY_AFTER_S})
+    return _json({"status": "ok", "model": server.name})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    request[ROUTE] = "metrics"
+    server = request.app[SERVER]
+    return web.Response(body=server.metrics.exposition(),
+                        headers={"Content-Type": server.metrics.content_type})

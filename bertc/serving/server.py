@@ -1,0 +1,245 @@
+"""The server: artifact + batcher + replicas + HTTP, and its life cycle.
+
+  start:    load the artifact, N replicas (each warms every bucket), bind the port
+  serve:    handlers -> Batcher -> replicas; a per-second traffic log line
+  shutdown: (SIGTERM/SIGINT) stop listening, refuse new work with 503, run
+            everything queued without waiting for the delay, answer every
+            in-flight request, join the replicas, exit 0
+
+`run(config)` is `bertc serve`; `BackgroundServer` runs the same server on a
+thread of its own (tests, notebooks, benchmarks).
+"""
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, List, Optional, Sequence
+
+from aiohttp import web
+
+from bertc.errors import BertcError
+from bertc.serving import app as app_lib
+from bertc.serving import artifact as artifact_lib
+from bertc.serving import defaults
+from bertc.serving import metrics as metrics_lib
+from bertc.serving import replica as replica_lib
+from bertc.serving.batcher import Batch, Batcher
+from bertc.serving.classify import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Everything `bertc serve` takes (flags of the same names)."""
+
+    model: str
+    model_name: Optional[str] = None
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    parallel: int = defaults.PARALLEL
+    intra_op_threads: Optional[int] = None  # per replica; default cores // parallel
+    max_batch_delay_ms: float = defaults.MAX_BATCH_DELAY_MS
+    max_queue: int = defaults.MAX_QUEUE
+    max_instances: int = defaults.MAX_INSTANCES
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    paraphrase_threshold: Optional[float] = None
+    shutdown_timeout_s: float = 60.0
+    log_interval_s: float = 1.0
+
+    def check(self) -> None:
+        positive = {"--parallel": self.parallel, "--max_queue": self.max_queue,
+                    "--max_instances": self.max_instances,
+                    "--max_body_bytes": self.max_body_bytes}
+        for flag, value in positive.items():
+            if value < 1:
+                raise BertcError(f"{flag} {value}: expected a positive integer")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise BertcError(f"--intra_op_threads {self.intra_op_threads}: expected a "
+                             "positive integer")
+        if self.max_batch_delay_ms < 0:
+            raise BertcError(f"--max_batch_delay_ms {self.max_batch_delay_ms}: expected "
+                             ">= 0")
+        if not 0 <= self.port <= 65535:
+            raise BertcError(f"--port {self.port}: expected 0..65535 (0: any free port)")
+
+    def threads_per_replica(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.parallel)
+
+
+ModelFactory = Callable[[artifact_lib.Artifact, int], object]
+
+
+class Server:
+    """One served artifact. Construct (loads models), then `await start()`,
+    then `await shutdown()`; both on the event loop that serves it."""
+
+    def __init__(self, config: ServerConfig, model_factory: Optional[ModelFactory] = None):
+        config.check()
+        self.config = config
+        self.artifact = artifact_lib.load_artifact(config.model)
+        self.name = config.model_name or self.artifact.default_name
+        self.threshold, self.threshold_source = artifact_lib.paraphrase_threshold(
+            self.artifact, config.paraphrase_threshold)
+        self.batcher = Batcher(self.artifact.seq_lens, self.artifact.batch_size,
+                               config.max_batch_delay_ms / 1000.0, config.max_queue)
+        self.metrics = metrics_lib.ServerMetrics(self.artifact.seq_lens,
+                                                 self.artifact.batch_size, self.batcher.depth)
+        self.window = metrics_lib.TrafficWindow()
+        self.encoder = TextEncoder(self.artifact)
+        self.draining = False
+        factory = model_factory or replica_lib.load_model
+        threads = config.threads_per_replica()
+        start = time.monotonic()
+        models = [factory(self.artifact, threads) for _ in range(config.parallel)]
+        logger.info("loaded %s: head %s, batch %d, seq %s; %d replica(s) x %d intra-op "
+                    "thread(s) in %.1f s", self.artifact.path, self.artifact.head,
+                    self.artifact.batch_size, ",".join(map(str, self.artifact.seq_lens)),
+                    config.parallel, threads, time.monotonic() - start)
+        self.replicas = replica_lib.start_replicas(models, self.batcher, self._on_batch)
+        self._runner: Optional[web.AppRunner] = None
+        self._log_task: Optional[asyncio.Task] = None
+        self.port: Optional[int] = None
+        self._last_log = time.monotonic()
+
+    def _on_batch(self, batch: Batch, seconds: float) -> None:
+        self.metrics.observe_batch(batch.seq_len, batch.real, batch.batch_size, seconds)
+        self.window.add_batch(batch.seq_len, batch.real, batch.batch_size)
+
+    async def infer(self, rows: Sequence) -> List[dict]:
+        """Queues (seq_len, feeds) rows and waits for their outputs (in order).
+
+        Raises QueueFull / BatcherClosed at once, or the batch's exception.
+        """
+        futures = self.batcher.submit(rows)
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    async def start(self) -> int:
+        """Binds config.host:config.port and serves; returns the bound port."""
+        cfg = self.config
+        application = app_lib.make_app(self)
+        self._runner = web.AppRunner(application, handle_signals=False, access_log=None,
+                                     shutdown_timeout=cfg.shutdown_timeout_s)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise BertcError(f"--host {cfg.host} --port {cfg.port}: cannot listen "
+                             f"({e.strerror}); expected a free port") from None
+        self.port = self._runner.addresses[0][1]
+        self._last_log = time.monotonic()
+        self._log_task = asyncio.get_running_loop().create_task(self._log_traffic())
+        where = "all interfaces" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+        logger.info("serving %r on http://%s:%d (%s): POST /v1/models/%s:predict, "
+                    ":classify; GET /v1/models/%s, /ping, /metrics", self.name, cfg.host,
+                    self.port, where, self.name, self.name)
+        return self.port
+
+    async def shutdown(self) -> None:
+        """Stops listening, drains queued rows, answers in-flight requests, joins replicas."""
+        if self.draining:
+            return
+        self.draining = True
+        queued = self.batcher.depth()
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()  # no new connections
+        self.batcher.close()  # new rows get 503; queued ones run without the delay
+        logger.info("shutting down: not accepting; draining %d queued row(s)", queued)
+        if self._runner is not None:
+            await self._runner.cleanup()  # waits for in-flight handlers
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.join_replicas)
+        if self._log_task is not None:
+            self._log_task.cancel()
+        self._flush_log(time.monotonic() - self._last_log)
+        logger.info("drained; stopped")
+
+    def join_replicas(self) -> None:
+        self.batcher.close()
+        for replica in self.replicas:
+            replica.join()
+            close = getattr(replica.model, "close", None)
+            if close:
+                close()
+
+    async def _log_traffic(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_interval_s)
+            now = time.monotonic()
+            self._flush_log(now - self._last_log)
+            self._last_log = now
+
+    def _flush_log(self, elapsed_s: float) -> None:
+        summary = self.window.take(max(elapsed_s, 1e-6), self.batcher.depth())
+        if summary:
+            logger.info("%s", metrics_lib.format_summary(summary))
+
+
+def run(config: ServerConfig, model_factory: Optional[ModelFactory] = None) -> None:
+    """`bertc serve`: serves until SIGTERM or SIGINT, then drains and returns."""
+    server = Server(config, model_factory)
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+        except BaseException:
+            server.join_replicas()
+            raise
+        await stop.wait()
+        await server.shutdown()
+
+    asyncio.run(main())
+
+
+class BackgroundServer:
+    """A Server on its own event-loop thread: `with BackgroundServer(cfg) as s: s.url`."""
+
+    def __init__(self, config: ServerConfig, model_factory: Optional[ModelFactory] = None):
+        self.server = Server(config, model_factory)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="bertc-server-loop", daemon=True)
+        self.url: Optional[str] = None
+
+    def __enter__(self) -> "BackgroundServer":
+        self._thread.start()
+        try:
+            port = self._call(self.server.start())
+        except BaseException:
+            self._stop_loop()
+            self.server.join_replicas()
+            raise
+        self.url = f"http://{self.server.config.host}:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._thread.is_alive():
+            self._call(self.server.shutdown())
+            self._stop_loop()
+
+    def _call(self, coroutine, timeout: Optional[float] = None):
+        future: concurrent.futures.Future = asyncio.run_coroutine_threadsafe(coroutine,
+                                                                             self._loop)
+        return future.result(timeout)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
