@@ -3,6 +3,7 @@
   bertc build   [--ckpt DIR | --saved_model DIR] [--crude_gelu] [--output DIR] ...
   bertc verify  ARTIFACT [--verify_data TSV] [--json]
   bertc convert --hf_dir DIR --output DIR
+  bertc inspect ARTIFACT_OR_CKPT [--tensorboard DIR] [--json]
   bertc serve   --model ARTIFACT [--port 8501] [--parallel N] [--max_batch_delay_ms 5]
   bertc client  --url http://127.0.0.1:8501 [--clients 48 --cycle 128] [--tsv TSV |
                 --pair "sentence a" "sentence b"] [--json] [--plot FILE.png]
@@ -62,6 +63,10 @@ flags.DEFINE_string("verify_data", None, "MRPC-format TSV or text file (one sent
                     "tab-separated pair per line). Default: ../shared/data/glue_mrpc_dev.tsv.")
 flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows.")
 flags.DEFINE_bool("json", False, "Print a machine-readable JSON report.")
+flags.DEFINE_string("tensorboard", None, "inspect: write the graphs before and after the "
+                    "rewrites (weights stripped) for TensorBoard into this directory.")
+flags.DEFINE_bool("per_pass", False, "verify: also apply the artifact's rewrites one at a "
+                  "time and print the error after each.")
 # Serve.
 flags.DEFINE_string("model", None, "serve: the artifact directory written by bertc build.")
 flags.DEFINE_string("model_name", None, "serve: the name in /v1/models/<name> (default: the "
@@ -104,7 +109,7 @@ flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs 
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout.")
 
-COMMANDS = ("build", "verify", "convert", "serve", "client")
+COMMANDS = ("build", "verify", "convert", "inspect", "serve", "client")
 
 
 def _lower_case():
@@ -162,14 +167,26 @@ def cmd_verify(args):
     if len(args) != 1:
         raise BertcError("verify: expected one ARTIFACT directory argument")
     report = verify_artifact.verify_artifact(args[0], data=FLAGS.verify_data,
-                                             rows=FLAGS.verify_rows)
+                                             rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
     else:
-        for seq_report in report["per_seq_len"].values():
+        from bertc import per_pass
+        for seq_len, seq_report in report["per_seq_len"].items():
             print(verify.format_report(seq_report))
+            if seq_len in report["per_pass"]:
+                print(per_pass.format_per_pass(report["per_pass"][seq_len], seq_len))
     if not report["passed"]:
         raise BertcError(f"verify: {args[0]} differs from its reference beyond the thresholds")
+
+
+def cmd_inspect(args):
+    from bertc import inspection
+    if len(args) != 1:
+        raise BertcError("inspect: expected one ARTIFACT or checkpoint directory argument")
+    report = inspection.inspect_path(args[0], tensorboard=FLAGS.tensorboard,
+                                     batch_size=FLAGS.batch_size, seq_len=_seq_lens()[0])
+    print(json.dumps(report, indent=2) if FLAGS.json else inspection.format_inspection(report))
 
 
 def cmd_convert(args):

@@ -108,9 +108,14 @@ def compare_runners(artifact_factory, reference_factory, batches: List[Batch]) -
         if name not in got[0]:
             raise BertcError(f"artifact has no output '{name}'; expected the outputs "
                              f"{', '.join(sorted(want[0]))}")
-        report[name] = _compare(name, np.concatenate([g[name] for g in got]),
-                                np.concatenate([w[name] for w in want]), mask)
+        report[name] = compare_outputs(name, [g[name] for g in got], [w[name] for w in want],
+                                       mask)
     return report
+
+
+def compare_outputs(name: str, got: list, want: list, mask: np.ndarray) -> dict:
+    """Error statistics of one output over per-batch arrays (dummy rows already cut)."""
+    return _compare(name, np.concatenate(got), np.concatenate(want), mask)
 
 
 def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
@@ -127,6 +132,16 @@ def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
     return failures
 
 
+def input_sets(text_features, text_source, seq_len: int, vocab_size: int,
+               type_vocab_size: int, random_rows: int = 32) -> dict:
+    """{'text': (features, source), 'random': (features, None)}: what verify runs on."""
+    sets = {}
+    if text_features is not None:
+        sets["text"] = (text_features, text_source)
+    sets["random"] = (random_features(random_rows, seq_len, vocab_size, type_vocab_size), None)
+    return sets
+
+
 def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                    text_features: Optional[Dict[str, np.ndarray]], vocab_size: int,
                    type_vocab_size: int, thresholds: dict, random_rows: int = 32,
@@ -136,10 +151,8 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
     Args:
       artifact, reference: factories of runners (see compare_runners).
     """
-    sets = {}
-    if text_features is not None:
-        sets["text"] = (text_features, text_source)
-    sets["random"] = (random_features(random_rows, seq_len, vocab_size, type_vocab_size), None)
+    sets = input_sets(text_features, text_source, seq_len, vocab_size, type_vocab_size,
+                      random_rows)
     report = {"thresholds": thresholds, "batch_size": batch_size, "seq_len": seq_len,
               "inputs": {}, "failures": []}
     for set_name, (features, source) in sets.items():

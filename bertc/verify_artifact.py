@@ -38,10 +38,12 @@ def check_checksums(doc: dict) -> None:
 
 
 def verify_artifact(artifact: str, data: str = None, rows: int = None, thresholds: dict = None,
-                    seq_lens=None, random_rows: int = 32) -> dict:
+                    seq_lens=None, random_rows: int = 32, per_pass: bool = False) -> dict:
     """Verifies every (or the given) sequence length of an artifact.
 
-    Returns {'passed': bool, 'per_seq_len': {S: report}}.
+    With per_pass, also applies the artifact's passes one prefix at a time to the
+    reference and reports the error after each (see bertc.per_pass).
+    Returns {'passed': bool, 'per_seq_len': {S: report}, 'per_pass': {S: rows}}.
     """
     doc = manifest.read(artifact)
     check_checksums(doc)
@@ -49,7 +51,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     thresholds = thresholds or doc["verify"]["thresholds"]
     vocab = os.path.join(artifact, doc["tokenizer"]["vocab_file"])
-    reports = {}
+    reports, pass_rows = {}, {}
     for entry in doc["models"]:
         seq_len = entry["seq_len"]
         if seq_lens and seq_len not in seq_lens:
@@ -62,9 +64,26 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)
+        if per_pass and doc["rewrites"]["requested"]:
+            from bertc import per_pass as per_pass_lib
+            sets = verify_lib.input_sets(features, source, seq_len, ckpt.config.vocab_size,
+                                         ckpt.config.type_vocab_size, random_rows)
+            batches = [b for feats, _ in sets.values()
+                       for b in verify_lib.pad_rows(feats, doc["batch_size"])]
+            pass_rows[str(seq_len)] = per_pass_lib.per_pass_report(
+                reference, doc["rewrites"]["requested"], pass_options(doc), batches)
     if not reports:
         raise BertcError(f"--seq_len: the artifact has lengths "
                          f"{[m['seq_len'] for m in doc['models']]}; none selected")
     passed = all(r["passed"] for r in reports.values())
     logging.info("verify %s: %s", artifact, "passed" if passed else "FAILED")
-    return {"artifact": os.path.abspath(artifact), "passed": passed, "per_seq_len": reports}
+    return {"artifact": os.path.abspath(artifact), "passed": passed, "per_seq_len": reports,
+            "per_pass": pass_rows}
+
+
+def pass_options(doc: dict) -> dict:
+    """The options the build handed to its passes (dtype, aggressive, target)."""
+    opts = doc["options"]
+    return {"dtype": opts.get("dtype", "float32"),
+            "aggressive": opts.get("aggressive_optimizations", False),
+            "target": opts.get("target", "cpu")}

@@ -1,0 +1,51 @@
+"""`bertc verify --per_pass`: the error after each rewrite pass, so the one that breaks
+numerics is named.
+
+The artifact's passes (from its manifest) are applied to the unrewritten reference
+one prefix at a time: passes[:1], passes[:2], ...; after each prefix the graph runs
+on the same inputs as `bertc verify` and is compared with the reference (max abs,
+min cosine, argmax agreement per output). The reference runs once.
+"""
+
+import logging
+from typing import List
+
+import numpy as np
+
+from bertc import rewriting, runners
+from bertc import verify as verify_lib
+from bertc.freeze import FrozenGraph
+
+
+def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,
+                    batches: List[verify_lib.Batch]) -> List[dict]:
+    """[{'pass', 'sites', 'outputs': {name: stats}}] for each prefix of `passes`."""
+    want = verify_lib.run_all(lambda: runners.graph_def_runner(reference), batches)
+    mask = np.concatenate([b.feeds["input_mask"][:b.real_rows] for b in batches])
+    rows = []
+    for k in range(1, len(passes) + 1):
+        rewritten, reports = rewriting.apply(reference, passes[:k], options)
+        got = verify_lib.run_all(lambda: runners.graph_def_runner(rewritten), batches)
+        stats = {name: verify_lib.compare_outputs(name, [g[name] for g in got],
+                                                  [w[name] for w in want], mask)
+                 for name in want[0]}
+        rows.append({"pass": passes[k - 1], "sites": reports[-1]["sites"], "outputs": stats})
+        logging.info("per-pass %-16s sites %3d  %s", passes[k - 1], reports[-1]["sites"],
+                     "  ".join(f"{n}: max_abs {s['max_abs']:.3g} min_cos {s['min_cos']:.6f}"
+                               for n, s in stats.items()))
+    return rows
+
+
+def format_per_pass(rows: List[dict], seq_len: int) -> str:
+    """A table: one line per pass (cumulative), one column group per output."""
+    lines = [f"per-pass errors at seq {seq_len} (each row: all passes up to and including it, "
+             "vs the unrewritten reference)",
+             f"  {'pass':<18} {'sites':>5}  {'output':<16} {'max_abs':>10} {'min_cos':>11} "
+             f"{'argmax':>8}"]
+    for row in rows:
+        for i, (name, s) in enumerate(row["outputs"].items()):
+            head = f"  {row['pass']:<18} {row['sites']:>5}" if i == 0 else " " * 26
+            arg = f"{s['argmax']:.4f}" if "argmax" in s else "-"
+            lines.append(f"{head}  {name:<16} {s['max_abs']:>10.3g} {s['min_cos']:>11.7f} "
+                         f"{arg:>8}")
+    return "\n".join(lines)
