@@ -188,7 +188,7 @@ def main():
                     output=out, ckpt=ckpt_dir, head="sequence", batch_size=b, seq_lens=[s],
                     rewrites=names, default_rewrites=False, verify=False))
                 runner = runners.saved_model_runner(os.path.join(out, "seq_%d/1" % s),
-                                                    grappler=True)
+                                                    grappler=True, lift=False)
                 sites = {r["name"]: r["sites"] for r in
                          result.manifest["rewrites"]["per_seq_len"][str(s)]}
                 add(f"bertc [{passes}]", time_calls(runner, batch), json.dumps(sites) if sites else "")

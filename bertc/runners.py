@@ -1,14 +1,17 @@
 """Running a frozen GraphDef or an exported SavedModel on numpy batches.
 
-Both run in a TF1 Session over an imported graph, the leanest way TensorFlow runs
-a graph whose weights are constants. Verification runs them with Grappler's
-meta-optimizer off: the graph is checked as written (Grappler's own rewrites are
-semantics-preserving and applied by whatever runtime serves it), and Grappler
-copies a constant-heavy graph many times over (BERT-Large peaked at 17 GB with
-it, under 10 GB without). A runner is called with {input name: int32 [B, S]} and
-returns {output name: array}; `close` frees its memory.
+Both run in a TF1 Session over an imported graph. For verification the large
+weight constants are lifted out of the graph first: each Const over 64 KiB becomes
+a Placeholder of the same dtype and shape, fed its exact value with every call.
+The ops and values are the same; what changes is that TensorFlow's import,
+executor and Const kernels no longer each hold a copy of the weights (BERT-Large:
+16 GiB peak with constants in the graph). Grappler's meta-optimizer is off: the
+graph is checked as written (Grappler's rewrites are semantics-preserving and
+applied by whatever runtime serves it). A runner is called with {input name: int32
+[B, S]} and returns {output name: array}; `close` frees its memory.
 """
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -21,29 +24,63 @@ def session_config(grappler: bool = False):
     return config
 
 
-class SessionRunner:
-    """A Session over one imported graph with named inputs and outputs."""
+LIFT_MIN_BYTES = 1 << 16
 
-    def __init__(self, graph_def, inputs: dict, outputs: dict, grappler: bool = False):
+
+def lift_weights(graph_def, min_bytes: int = LIFT_MIN_BYTES):
+    """(graph_def with large Consts as Placeholders, {node name: ndarray}); input untouched."""
+    light = tf.compat.v1.GraphDef()
+    light.versions.CopyFrom(graph_def.versions)
+    light.library.CopyFrom(graph_def.library)
+    weights = {}
+    for node in graph_def.node:
+        tensor = node.attr["value"].tensor if node.op == "Const" else None
+        if tensor is not None and len(tensor.tensor_content) >= min_bytes:
+            dtype = tf.as_dtype(tensor.dtype)
+            shape = [d.size for d in tensor.tensor_shape.dim]
+            weights[node.name] = np.frombuffer(tensor.tensor_content,
+                                               dtype=dtype.as_numpy_dtype).reshape(shape)
+            placeholder = light.node.add(name=node.name, op="Placeholder")
+            placeholder.attr["dtype"].type = tensor.dtype
+            placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+        else:
+            light.node.add().CopyFrom(node)
+    return light, weights
+
+
+class SessionRunner:
+    """A Session over one imported graph with named inputs and outputs.
+
+    With lift=True (the default) large weights are fed, not embedded (see module doc).
+    """
+
+    def __init__(self, graph_def, inputs: dict, outputs: dict, grappler: bool = False,
+                 lift: bool = True):
+        weights = {}
+        if lift:
+            graph_def, weights = lift_weights(graph_def)
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config(grappler))
         self._inputs = {n: self._graph.get_tensor_by_name(t) for n, t in inputs.items()}
         self._outputs = {n: self._graph.get_tensor_by_name(t) for n, t in outputs.items()}
+        self._weights = {self._graph.get_tensor_by_name(f"{n}:0"): v for n, v in weights.items()}
 
     @property
     def output_names(self):
         return list(self._outputs)
 
     def __call__(self, feeds: dict) -> dict:
-        return self._session.run(self._outputs,
-                                 {self._inputs[n]: feeds[n] for n in self._inputs})
+        feed_dict = dict(self._weights)
+        feed_dict.update({self._inputs[n]: feeds[n] for n in self._inputs})
+        return self._session.run(self._outputs, feed_dict)
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
         self._session = self._graph = None
+        self._weights = {}
 
     def __enter__(self):
         return self
@@ -52,11 +89,12 @@ class SessionRunner:
         self.close()
 
 
-def graph_def_runner(frozen: FrozenGraph, grappler: bool = False) -> SessionRunner:
+def graph_def_runner(frozen: FrozenGraph, grappler: bool = False,
+                     lift: bool = True) -> SessionRunner:
     """A runner over a FrozenGraph (the unrewritten reference, or any rewrite of it)."""
     return SessionRunner(frozen.graph_def,
                          {n: f"{node}:0" for n, node in frozen.inputs.items()},
-                         {n: f"{node}:0" for n, node in frozen.outputs.items()}, grappler)
+                         {n: f"{node}:0" for n, node in frozen.outputs.items()}, grappler, lift)
 
 
 def read_saved_model(export_dir: str):
@@ -68,8 +106,12 @@ def read_saved_model(export_dir: str):
     return meta.graph_def, meta.signature_def["serving_default"]
 
 
-def saved_model_runner(export_dir: str, grappler: bool = False) -> SessionRunner:
-    """A runner over the serving_default signature of a (constants-only) SavedModel."""
+def saved_model_runner(export_dir: str, grappler: bool = False,
+                       lift: bool = True) -> SessionRunner:
+    """A runner over the serving_default signature of a (constants-only) SavedModel.
+
+    Benchmarks pass grappler=True, lift=False: the model as a server runs it.
+    """
     graph_def, signature = read_saved_model(export_dir)
     return SessionRunner(graph_def, {n: i.name for n, i in signature.inputs.items()},
-                         {n: i.name for n, i in signature.outputs.items()}, grappler)
+                         {n: i.name for n, i in signature.outputs.items()}, grappler, lift)
