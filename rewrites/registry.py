@@ -12,12 +12,14 @@ from rewrites.crude_gelu import CrudeGelu
 from rewrites.fold_constants import FoldConstants
 from rewrites.fused_attention import FusedAttention
 from rewrites.fused_layernorm import FusedLayerNorm
+from rewrites.remove_padding import RemovePadding
 from rewrites.strip_unused import StripUnused
 from rewrites.tanh_gelu import TanhGelu
 
 #: Every pass, in canonical pipeline order.
 CANONICAL_ORDER: List[Type[RewritePass]] = [
-    StripUnused, FoldConstants, FusedAttention, FusedLayerNorm, CrudeGelu, TanhGelu]
+    StripUnused, FoldConstants, FusedAttention, FusedLayerNorm, CrudeGelu, TanhGelu,
+    RemovePadding]
 
 PASSES: Dict[str, Type[RewritePass]] = {cls.name: cls for cls in CANONICAL_ORDER}
 
