@@ -153,7 +153,8 @@ def build(options: BuildOptions) -> BuildResult:
                  config.head_size, head, ", ".join(passes) or "none")
     exact = rewriting.is_exact(passes)
     thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
-    pass_options = {"dtype": options.dtype, "aggressive": options.aggressive_optimizations}
+    pass_options = {"dtype": options.dtype, "aggressive": options.aggressive_optimizations,
+                    "target": options.target}
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
     with atomic.output_directory(options.output, options.overwrite) as tmp:
         for seq_len in sorted(options.seq_lens):
@@ -167,7 +168,7 @@ def build(options: BuildOptions) -> BuildResult:
             with log.stage("rewrite"):
                 frozen, reports = rewriting.apply(reference, passes, pass_options,
                                                   options.strict)
-                rewriting.check_sites(reports, config)  # bertc built this graph
+                rewriting.check_sites(reports, config, head)  # bertc built this graph
             rewrite_reports[str(seq_len)] = reports
             relative = os.path.join(f"seq_{seq_len}", "1")
             with log.stage("export"):
@@ -175,7 +176,8 @@ def build(options: BuildOptions) -> BuildResult:
                 del frozen
                 entry = {"seq_len": seq_len, "path": relative}
                 if options.target == "neuron":
-                    call = _neuron_compile(tmp, relative, seq_len, options, neuron_args, passes)
+                    call = _neuron_compile(tmp, relative, seq_len, options, neuron_args, passes,
+                                           reports)
                     compile_calls.append(call)
                     entry["neuron_path"] = call["new_model_dir_relative"]
                 models.append(entry)
@@ -221,18 +223,24 @@ class VerifyFailed(BertcError):
 
 
 def _neuron_compile(tmp: str, relative: str, seq_len: int, options: BuildOptions,
-                    compiler_args: list, passes: Sequence[str]) -> dict:
-    """Compiles (or, with --dry_run, only records) one SavedModel for Neuron."""
+                    compiler_args: list, passes: Sequence[str], reports=()) -> dict:
+    """Compiles (or, with --dry_run, only records) one SavedModel for Neuron, with
+    the CPU/device partition that the cpu_embeddings rewrite of this sequence
+    length reported (its no_fuse_ops / force_fuse_ops)."""
     from bertc.targets import neuron
     new_relative = os.path.join("neuron", f"seq_{seq_len}", "1")
+    partition = next((r["details"] for r in reports
+                      if r["name"] == "cpu_embeddings" and r["sites"]), {})
     call = neuron.NeuronCompileCall(
         model_dir=os.path.join(options.output, relative),
         new_model_dir=os.path.join(options.output, new_relative),
-        batch_size=options.batch_size, compiler_args=compiler_args)
+        batch_size=options.batch_size, compiler_args=compiler_args,
+        no_fuse_ops=partition.get("no_fuse_ops"), force_fuse_ops=partition.get("force_fuse_ops"))
     record = {"seq_len": seq_len, "dry_run": options.dry_run, "call": call.render(),
-              "kwargs": call.kwargs(), "new_model_dir_relative": new_relative}
+              "summary": call.summary(), "kwargs": call.kwargs(),
+              "new_model_dir_relative": new_relative}
     if options.dry_run:
-        logging.info("--dry_run: would run %s", call.render())
+        logging.info("--dry_run: would run %s", call.summary())
         return record
     os.makedirs(os.path.join(tmp, "neuron", f"seq_{seq_len}"), exist_ok=True)
     real = dataclasses.replace(call, model_dir=os.path.join(tmp, relative),

@@ -154,7 +154,7 @@ def cmd_build(args):
         print(json.dumps(result.manifest, indent=2))
         return
     for call in result.manifest["target"]["compile"]:
-        print(("would run: " if call["dry_run"] else "ran: ") + call["call"])
+        print(("would run: " if call["dry_run"] else "ran: ") + call.get("summary", call["call"]))
     for report in (result.verify_report or {}).values():
         print(verify.format_report(report))
     print(f"wrote {result.artifact} (head {result.manifest['head']}, batch "

@@ -39,7 +39,7 @@ class RewritePass:
         if unknown:
             raise TypeError(f"pass {self.name}: unknown options {', '.join(sorted(unknown))}")
         self.options = options
-        self.details: Dict[str, int] = {}
+        self.details: Dict[str, object] = {}  # counts; lists are logged by length
 
     def apply(self, graph_def: GraphDef, protected_nodes: Iterable[str] = ()
               ) -> Tuple[GraphDef, int]:
@@ -47,8 +47,9 @@ class RewritePass:
         graph = Graph(graph_def, protected=protected_nodes)
         self.details = {}
         sites = self.rewrite(graph)
-        logger.info("%s: %d site(s)%s", self.name, sites,
-                    "".join(f", {k} {v}" for k, v in self.details.items()))
+        logger.info("%s: %d site(s)%s", self.name, sites, "".join(
+            f", {k} {len(v) if isinstance(v, (list, tuple)) else v}"
+            for k, v in self.details.items()))
         return graph.to_graph_def(), sites
 
     def rewrite(self, graph: Graph) -> int:

@@ -2,16 +2,20 @@
 
 The canonical order is the order a build should run passes in: clean the graph
 up (strip, fold), fuse the big structures (attention, LayerNorm), then the
-approximations (one GELU form).
+approximations (one GELU form), half precision last of the rewrites, and
+cpu_embeddings, which only reports the final graph's Neuron partition.
 """
 
 from typing import Dict, List, Sequence, Type
 
 from rewrites.base import RewritePass
+from rewrites.cls_only_tail import ClsOnlyTail
+from rewrites.cpu_embeddings import CpuEmbeddings
 from rewrites.crude_gelu import CrudeGelu
 from rewrites.fold_constants import FoldConstants
 from rewrites.fused_attention import FusedAttention
 from rewrites.fused_layernorm import FusedLayerNorm
+from rewrites.mixed_precision import MixedPrecision
 from rewrites.remove_padding import RemovePadding
 from rewrites.strip_unused import StripUnused
 from rewrites.tanh_gelu import TanhGelu
@@ -19,7 +23,7 @@ from rewrites.tanh_gelu import TanhGelu
 #: Every pass, in canonical pipeline order.
 CANONICAL_ORDER: List[Type[RewritePass]] = [
     StripUnused, FoldConstants, FusedAttention, FusedLayerNorm, CrudeGelu, TanhGelu,
-    RemovePadding]
+    ClsOnlyTail, RemovePadding, MixedPrecision, CpuEmbeddings]
 
 PASSES: Dict[str, Type[RewritePass]] = {cls.name: cls for cls in CANONICAL_ORDER}
 

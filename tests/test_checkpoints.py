@@ -409,12 +409,52 @@ def test_neuron_dry_run_records_the_compile_call(tiny_ckpt, tmp_path):
     assert call["dry_run"] is True and call["seq_len"] == SEQ
     assert call["kwargs"]["batch_size"] == BATCH
     assert call["kwargs"]["compiler_args"] == ["--fp32-cast", "matmult"]
-    assert call["call"] == would[0][len("would run: "):]
+    # The cpu_embeddings partition: lists in full in the manifest, counted on the line.
+    no_fuse, force_fuse = call["kwargs"]["no_fuse_ops"], call["kwargs"]["force_fuse_ops"]
+    assert no_fuse and force_fuse and not set(no_fuse) & set(force_fuse)
+    (report,) = [r for r in doc["rewrites"]["per_seq_len"][str(SEQ)]
+                 if r["name"] == "cpu_embeddings"]
+    assert report["sites"] == 1 and report["details"]["no_fuse_ops"] == no_fuse
+    assert f"no_fuse_ops={no_fuse!r}" in call["call"]
+    assert f"no_fuse_ops=<{len(no_fuse)} ops>" in would[0]
+    assert f"force_fuse_ops=<{len(force_fuse)} ops>" in would[0]
+    assert call["summary"] == would[0][len("would run: "):]
     # The CPU SavedModel is there and runs; nothing claims to be compiled.
     assert not os.path.exists(os.path.join(out, "neuron"))
     feeds = bt.random_feeds(2, SEQ, 80)
     outputs = bt.run_saved_model(os.path.join(out, doc["models"][0]["path"]), feeds, BATCH)
     assert outputs["pooled_output"].shape == (2, 48)
+    # The lists name the nodes of the SavedModel handed to the compiler.
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(out, doc["models"][0]["path"], "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    names = {n.name for n in saved.meta_graphs[0].graph_def.node}
+    assert set(no_fuse) | set(force_fuse) <= names
+
+
+def test_bfloat16_build_verifies_and_is_not_exact(tiny_ckpt, tmp_path):
+    out = str(tmp_path / "bf16_art")
+    proc = bt.run_cli("build", "--ckpt", tiny_ckpt, "--dtype", "bfloat16",
+                      "--batch_size", BATCH, "--seq_len", SEQ, "--verify_rows", 4,
+                      "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: PASSED" in proc.stdout
+    with open(os.path.join(out, "bertc.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["options"]["dtype"] == "bfloat16"
+    assert doc["rewrites"]["requested"][-1] == "mixed_precision"
+    assert doc["rewrites"]["exact"] is False
+    (report,) = [r for r in doc["rewrites"]["per_seq_len"][str(SEQ)]
+                 if r["name"] == "mixed_precision"]
+    # 1 layer, fused QKV that cls_only_tail (CPU default, pooled head) splits into Q and
+    # K/V: 5 MatMuls + 2 BatchMatMuls, pooler
+    assert report["sites"] == 8
+    assert doc["verify"]["thresholds"] == {"max_abs": None, "min_cos": 0.999, "argmax": 0.995}
+    assert doc["verify"]["per_seq_len"][str(SEQ)]["passed"]
+    outputs = bt.run_saved_model(os.path.join(out, doc["models"][0]["path"]),
+                                 bt.random_feeds(2, SEQ, 80), BATCH)
+    assert outputs["pooled_output"].dtype == np.float32
 
 
 def test_neuron_without_sdk_fails_before_any_work(tmp_path):

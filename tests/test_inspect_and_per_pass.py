@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bertc
-from bertc import inspection, verify_artifact
+from bertc import inspection, rewriting, verify_artifact
 
 BATCH, SEQ = 2, 16
 
@@ -28,11 +28,13 @@ def test_per_pass_names_the_approximate_pass(crude_artifact):
     rows = report["per_pass"][str(SEQ)]
     with open(os.path.join(crude_artifact, "bertc.json")) as f:
         requested = json.load(f)["rewrites"]["requested"]
-    assert [r["pass"] for r in rows] == requested and requested[-1] == "crude_gelu"
+    assert [r["pass"] for r in rows] == requested and "crude_gelu" in requested
     errors = [max(s["max_abs"] for s in r["outputs"].values()) for r in rows]
-    # Every exact prefix stays within 1e-5; the error appears exactly at crude_gelu.
-    assert all(e <= 1e-5 for e in errors[:-1]), errors
-    assert errors[-1] > 1e-4, errors
+    # Every exact prefix stays within 1e-5; the error appears exactly at crude_gelu
+    # (the shape-changing exact passes of the CPU default run after it).
+    at = requested.index("crude_gelu")
+    assert all(e <= 1e-5 for e in errors[:at]), errors
+    assert all(e > 1e-4 for e in errors[at:]), errors
     sites = {r["pass"]: r["sites"] for r in rows}
     assert sites["crude_gelu"] == 1 and sites["fused_layernorm"] == 3  # 1 layer: 2L+1
 
@@ -43,8 +45,9 @@ def test_inspect_artifact_histogram_and_parameters(crude_artifact, tmp_path):
     # Exact GELU's Erf is gone and crude GELU's Sigmoid is there, one per layer.
     assert before.get("Erf", 0) == 1 and after.get("Erf", 0) == 0
     assert after.get("Sigmoid", 0) == 1
-    # Q, K, V fused: one Split per layer, two fewer MatMuls per layer.
-    assert after.get("Split", 0) == 1 and after["MatMul"] == before["MatMul"] - 2
+    # Q, K, V fused: one Split per layer, two fewer MatMuls per layer; cls_only_tail (the
+    # pooled head) gives the last layer's [CLS] query a MatMul of its own again.
+    assert after.get("Split", 0) == 1 and after["MatMul"] == before["MatMul"] - 2 + 1
     assert after.get("_MklLayerNorm", 0) == 3 and after.get("SquaredDifference", 0) == 0
     # The parameter count of the float weights is the checkpoint's (pooled head keeps all
     # but the position rows past SEQ, folded away by fold_constants).
@@ -62,8 +65,7 @@ def test_inspect_artifact_histogram_and_parameters(crude_artifact, tmp_path):
 def test_inspect_checkpoint_runs_the_cpu_default(tiny_ckpt):
     report = inspection.inspect_path(tiny_ckpt, batch_size=BATCH, seq_len=SEQ)
     assert report["kind"] == "checkpoint"
-    assert [s["name"] for s in report["sites"]] == ["strip_unused", "fold_constants",
-                                                    "fused_attention", "fused_layernorm"]
+    assert [s["name"] for s in report["sites"]] == list(rewriting.CPU_DEFAULT)
     assert report["nodes_after"] < report["nodes_before"]
 
 

@@ -55,6 +55,9 @@ COMPILE_API = "tensorflow.neuron.saved_model.compile"
 #: Compiler flags used by the AWS BERT demo: cast fp32 matmuls to bf16.
 DEFAULT_COMPILER_ARGS = ("--fp32-cast", "matmult")
 
+#: Keyword arguments that list node names (summarised by NeuronCompileCall.summary).
+_OP_LISTS = ("no_fuse_ops", "force_fuse_ops")
+
 _VERSION_RE = re.compile(r"^\s*(\d+)\.(\d+)")
 
 
@@ -201,6 +204,18 @@ class NeuronCompileCall:
         args += [f"{key}={value!r}" for key, value in self.kwargs().items()]
         return f"{COMPILE_API}({', '.join(args)})"
 
+    def summary(self) -> str:
+        """The call for a log line: as `render`, but the op lists (which name
+        every node of a partition, thousands for BERT-Large) as counts:
+        `no_fuse_ops=<57 ops>`.  Not valid Python; the manifest holds `render`."""
+        args = [repr(self.model_dir), repr(self.new_model_dir)]
+        for key, value in self.kwargs().items():
+            if key in _OP_LISTS:
+                args.append(f"{key}=<{len(value)} ops>")
+            else:
+                args.append(f"{key}={value!r}")
+        return f"{COMPILE_API}({', '.join(args)})"
+
     def to_json(self) -> dict:
         """A JSON-serializable record of the call for a build manifest."""
         return {
@@ -249,7 +264,7 @@ def compile_saved_model(call: NeuronCompileCall) -> dict:
             f"(TF 2.x Neuron recommends tensorflow.neuron.trace with NEURON_CC_FLAGS) {NEURONX_NOTE}"
         )
 
-    logger.info("running %s", call.render())
+    logger.info("running %s", call.summary())
     try:
         result = compile_fn(call.model_dir, call.new_model_dir, **call.kwargs())
     except Exception as exc:

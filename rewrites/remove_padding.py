@@ -1,0 +1,322 @@
+"""remove_padding: token-wise ops on the real tokens only, attention on the used length.
+
+A static [B, S] batch of short sentences is mostly padding: on MRPC dev pairs
+at S = 128 about 58% of the B * S rows.  The encoder (kept 2-D, [T, D] with
+T = B * S) spends nearly all its FLOPs in token-wise ops (see `token_rows`):
+dense layers, GELU, residual adds, LayerNorm.  This pass packs the real tokens
+once and keeps them packed; it unpacks them only where attention needs the
+[B, positions] layout, and attention runs on the first L positions only, L = 1 +
+the last position real in any row of the batch (at least 1)::
+
+    computed once from input_mask [B,S]:
+      real = NotEqual(mask, 0); L = max(1, Max(Any(real, 0) * [1..S]))
+      idx  = Where(Reshape(real, [-1]))            rows b*S + s of the real tokens
+      idxL = Where(Reshape(Slice(real, [B, L]), [-1]))    rows b*L + s, same order
+    before                                after
+    emb LN input [T,D]                    emb LN input [T,D] -> GatherV2(idx) [T_real,D]
+      |                                     |
+    LayerNorm, QKV MatMul+BiasAdd,        the same ops on [T_real, k] rows
+    Split                                   |
+      |                                   ScatterNd(idxL, ., [B*L, k])  (zeros at padding)
+    Reshape [B,S,N,H] -> attention        Reshape [B,L,N,H] -> attention, the mask bias
+      |     ([B,N,S,S] scores)              |   sliced to [B,1,1,L] ([B,N,L,L] scores)
+    Reshape [T,D] = context               Reshape [B*L,D] -> GatherV2(idxL) [T_real,D]
+      |                                     |
+    out proj, residual, LN, FFN, LN       the same ops on [T_real, k] rows
+      |                                     |
+    Reshape [B,S,D] -> outputs            ScatterNd(idx, ., [T,D]) -> Reshape [B,S,D] -> outputs
+
+How the region is found (structure only): the masked attention blocks
+(`token_rows.attention_sites`, all reading one [B, S] mask through
+(1 - mask) * A, A <= -1000) give the seeds: the producers of their q/k/v
+[T, k] inputs and the readers of their context [T, k] outputs.  The region is
+every token-wise node connected to the seeds through token-wise nodes.  A
+non-constant input entering the region is packed (GatherV2); a region tensor
+read outside it is unpacked (ScatterNd, zeros at padding).  The pass changes
+nothing (0 sites) unless every attention's q, k, v come from the region and its
+context feeds only the region, and every other reader of a region tensor is a
+padding-tolerant consumer: a Reshape to [B, S, k] (the encoder outputs) or a
+GatherV2 of constant rows along axis 0 (cls_only_tail's [CLS] rows).  In the
+attention blocks only the head Reshapes' shapes change and the mask bias is
+sliced; a [CLS]-only query (cls_only_tail's) keeps its [B, 1, N, H].
+
+Math: token-wise ops compute the same rows on a subset of the rows, so every
+real token's value is the same computation.  Attention reads keys and values
+of padding positions below L as 0 instead of the unrewritten graph's
+(meaningless) values, and drops positions from L on (padding in every row);
+a padded key's softmax weight is exp(score + A - max) = 0 in float32 either
+way (|scores| << 1000), so real tokens attend to the same values.  What
+changes: the encoder's values at padding positions read 0 (sequence_output is
+0 there; mean pooling multiplies them by the 0 mask; the pooler reads
+position 0, [CLS], a real token).  Rows whose mask is all zero (dummy rows)
+hold no real token: they cost no dense-layer work and their pooled/logits are
+those of an all-zero encoder output (tanh(pooler bias)), not the unrewritten
+graph's meaningless values; their embedding is 0 in both.  It assumes a
+non-empty row's position 0 is real ([CLS], as BERT's tokenizers write it); a
+left-padded row would give its pooler a zero row.
+Error bound: 0 at real tokens in exact arithmetic, and <= 1e-5 allowed for
+float32 kernels blocking a different row count differently.  Measured on
+all-MiniLM-L6-v2 at [16, 128], against the CPU default passes without it:
+MRPC dev rows 1-16 with 2 of them made dummy rows (L = 78), and rows 1-13 + a
+full-length row + 2 dummy rows (L = 128): sequence_output at real tokens,
+embeddings and pooled output bit-identical (max abs 0.0); against the
+unrewritten graph 2.7e-6 and 2.9e-6 (the fusions' rounding).
+
+Speed (benchmarks/padding_free.py, 2 shared cores, [4, 128], MRPC dev pairs,
+42% real tokens; BENCHMARKS.md): BERT-Base 2.07x the CPU default without it,
+MiniLM 1.70x; on full-length batches 0.97x and 1.00x.
+
+Sites: layers converted (attention blocks whose surroundings were packed).
+`details`: ops now run packed ("packed_ops"), GatherV2 packs, ScatterNd unpacks.
+"""
+
+import logging
+from typing import Dict, List, Optional, Set, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from rewrites.base import RewritePass
+from rewrites.graph import Graph, parse_input
+from rewrites.token_rows import (AttentionSite, attention_sites, output_tensors, port_tensor,
+                                 row_wise)
+
+logger = logging.getLogger(__name__)
+
+
+def region_of(graph: Graph, seeds: Set[str], rows: int) -> Set[str]:
+    """The token-wise nodes connected to `seeds` through token-wise nodes."""
+    region: Set[str] = set()
+    stack = [s for s in seeds if row_wise(graph, graph.node(s), rows)]
+    while stack:
+        name = stack.pop()
+        if name in region:
+            continue
+        region.add(name)
+        node = graph.node(name)
+        neighbours = [parse_input(t)[0] for t in Graph.data_inputs(node)]
+        neighbours += [c for c, _ in graph.consumers(name)]
+        for other in neighbours:
+            if other not in region and row_wise(graph, graph.node(other), rows):
+                stack.append(other)
+    return region
+
+
+def padding_tolerant(graph: Graph, consumer: str, batch: int, seq: int) -> bool:
+    """A reader that may see 0 at padding positions: Reshape to [B, S, k], or a
+    GatherV2 of constant rows along axis 0."""
+    node = graph.node(consumer)
+    if node.op == "Reshape":
+        shape = graph.shape(consumer)
+        return shape is not None and len(shape) == 3 and shape[:2] == (batch, seq)
+    if node.op == "GatherV2":
+        inputs = Graph.data_inputs(node)
+        return (graph.is_const(inputs[1]) and graph.is_const(inputs[2])
+                and int(np.asarray(graph.const_value(inputs[2])).reshape(-1)[0]) == 0)
+    return False
+
+
+class RemovePadding(RewritePass):
+    """Token-wise ops run on the real tokens only (packed by input_mask)."""
+
+    name = "remove_padding"
+    exact = True
+    max_abs_error = ("0 at real tokens (same ops on fewer rows; MiniLM on MRPC: bit-identical); "
+                     "<= 1e-5; padding positions of the encoder output read 0")
+
+    def rewrite(self, graph: Graph) -> int:
+        sites = attention_sites(graph)
+        if not sites:
+            return 0
+        region, reason = self._region(graph, sites)
+        if reason:
+            logger.info("%s: leaving the graph as it is: %s", self.name, reason)
+            return 0
+        site = sites[0]
+        batch, seq = site.batch, site.seq
+        head_reshapes = {n for s in sites for n in (s.key_reshape, s.value_reshape)}
+        head_reshapes |= {s.query_reshape for s in sites if not s.cls_query}
+        contexts = {s.context for s in sites if not s.cls_query}
+        # (tensor, layout) -> uses; layout "trim" is attention's [B * L] rows
+        edges_in: Dict[tuple, List[tuple]] = {}
+        edges_out: Dict[tuple, List[tuple]] = {}
+        for name in region:
+            for index, text in enumerate(graph.node(name).input):
+                if parse_input(text)[0] not in region and not graph.is_const(text):
+                    layout = "trim" if text in contexts else "full"
+                    edges_in.setdefault((text, layout), []).append((name, index))
+        for name in region:
+            for tensor in output_tensors(graph, graph.node(name)):
+                for consumer, index in graph.consumers(port_tensor(tensor)):
+                    if consumer not in region:
+                        layout = "trim" if consumer in head_reshapes else "full"
+                        edges_out.setdefault((tensor, layout), []).append((consumer, index))
+        dtypes = {t: graph.dtype(t) for t, _ in list(edges_in) + list(edges_out)}
+        widths = {t: graph.shape(t)[1] for t, _ in edges_out}
+        head_shapes = {n: graph.shape(n) for n in head_reshapes}
+        context_widths = {s.context: graph.shape(s.context)[1] for s in sites
+                          if not s.cls_query}
+        bias_dtypes = {s.mask_bias: graph.dtype(s.mask_bias) for s in sites}
+        index = _Indices(graph, site.mask, batch, seq, f"{parse_input(site.mask)[0]}/{self.name}")
+        inputs = {}  # node name -> its new input list
+
+        def rewire(uses, tensor):
+            for name, position in uses:
+                inputs.setdefault(name, list(graph.node(name).input))[position] = tensor
+
+        for (tensor, layout), uses in sorted(edges_in.items()):
+            node, port, _ = parse_input(tensor)
+            rewire(uses, index.pack(tensor, dtypes[tensor], layout,
+                                    f"{node}/{self.name}/pack_{port}"))
+        for (tensor, layout), uses in sorted(edges_out.items()):
+            node, port, _ = parse_input(tensor)
+            rewire(uses, index.unpack(tensor, dtypes[tensor], widths[tensor], layout,
+                                      f"{node}/{self.name}/unpack_{port}_{layout}"))
+        # Attention runs on the batch's first L positions (L: 1 + the last real one).
+        for name, shape in sorted(head_shapes.items()):
+            inputs.setdefault(name, list(graph.node(name).input))[1] = index.heads_shape(
+                shape[2], shape[3])
+        for context, width in sorted(context_widths.items()):
+            name = parse_input(context)[0]
+            inputs.setdefault(name, list(graph.node(name).input))[1] = graph.add_const(
+                f"{name}/{self.name}/shape", np.array([-1, width], np.int32))
+        trimmed = {bias: index.trim_bias(bias, dtype) for bias, dtype in bias_dtypes.items()}
+        for s in sites:
+            add = inputs.setdefault(s.masked_add, list(graph.node(s.masked_add).input))
+            add[:] = [trimmed[s.mask_bias] if t == s.mask_bias else t for t in add]
+        for name, new_inputs in inputs.items():
+            graph.set_inputs(name, new_inputs)
+        for name in region | head_reshapes:
+            graph.node(name).attr.pop("_output_shapes", None)
+        self.details = {"packed_ops": len(region), "packs": len(edges_in),
+                        "unpacks": len(edges_out)}
+        return len(sites)
+
+    @staticmethod
+    def _region(graph: Graph, sites: List[AttentionSite]) -> Tuple[Set[str], Optional[str]]:
+        """(the nodes to run packed, None), or (empty, why the graph is not one
+        this pass understands)."""
+        masks = {(s.mask, s.batch, s.seq) for s in sites}
+        if len(masks) != 1:
+            return set(), "the attention blocks read different masks"
+        batch, seq = sites[0].batch, sites[0].seq
+        tokens = batch * seq
+        seeds = set()
+        for site in sites:
+            roles = [site.key, site.value] + ([] if site.cls_query else [site.query])
+            seeds.update(parse_input(t)[0] for t in roles)
+            if not site.cls_query:
+                seeds.update(c for c, _ in graph.consumers(site.context))
+        region = region_of(graph, seeds, tokens)
+        attention_nodes = set().union(*(s.nodes for s in sites))
+        for site in sites:
+            roles = [site.key, site.value] + ([] if site.cls_query else [site.query])
+            outside = [t for t in roles if parse_input(t)[0] not in region]
+            if outside:
+                return set(), f"attention input {outside[0]} is not computed token-wise"
+            if not site.cls_query:
+                readers = {c for c, _ in graph.consumers(site.context)}
+                if not readers or readers - region:
+                    return set(), (f"attention context {site.context} is read by a "
+                                   "non-token-wise op")
+        reshapes = {n for s in sites for n in (s.key_reshape, s.value_reshape)}
+        reshapes |= {s.query_reshape for s in sites if not s.cls_query}
+        for name in region:
+            for tensor in output_tensors(graph, graph.node(name)):
+                for consumer, _ in graph.consumers(port_tensor(tensor)):
+                    if consumer in region or consumer in reshapes:
+                        continue
+                    if consumer in attention_nodes or not padding_tolerant(
+                            graph, consumer, batch, seq):
+                        return set(), (f"{tensor} is read by {consumer} "
+                                       f"({graph.node(consumer).op}), which needs padding rows")
+        return region, None
+
+
+class _Indices:
+    """The index tensors computed once from the [B, S] mask, and the packs and
+    unpacks that use them.  Layout "full": rows b * S + s; layout "trim": rows
+    b * L + s of the first L positions, L = 1 + the last position real in any
+    row (at least 1), where attention runs."""
+
+    def __init__(self, graph: Graph, mask: str, batch: int, seq: int, scope: str):
+        self.graph, self.batch, self.seq, self.scope = graph, batch, seq, scope
+        self._consts, self._cache = {}, {}
+        dtype = graph.dtype(mask)
+        real = self._node("NotEqual", "real", [mask, self._const(
+            "zero", np.zeros((), dtype.as_numpy_dtype))], {"T": dtype})        # [B, S]
+        anywhere = self._node("Any", "real_columns", [real, self._const(
+            "batch_axis", np.array([0], np.int32))], {"keep_dims": False, "Tidx": tf.int32})
+        columns = self._node("Cast", "columns", [anywhere], {
+            "SrcT": tf.bool, "DstT": tf.int32, "Truncate": False})             # [S]
+        positions = self._node("Mul", "positions", [columns, self._const(
+            "one_based", np.arange(1, seq + 1, dtype=np.int32))], {"T": tf.int32})
+        last = self._node("Max", "last", [positions, self._const(
+            "seq_axis", np.array([0], np.int32))], {"T": tf.int32, "keep_dims": False,
+                                                     "Tidx": tf.int32})
+        self.length = self._node("Maximum", "length", [last, self._const(
+            "one", np.int32(1))], {"T": tf.int32})                             # L
+        trimmed = self._node("Slice", "trimmed", [real, self._const(
+            "begin", np.zeros(2, np.int32)), self._pack("trim_size", [
+                self._const("all_rows", np.int32(-1)), self.length])], {
+            "T": tf.bool, "Index": tf.int32})                                  # [B, L]
+        self.where, self.rows = {}, {}
+        for layout, source in (("full", real), ("trim", trimmed)):
+            flat = self._node("Reshape", f"{layout}_flat", [source, self._const(
+                "flat", np.array([-1], np.int32))], {"T": tf.bool, "Tshape": tf.int32})
+            self.where[layout] = self._node("Where", f"{layout}_where", [flat],
+                                            {"T": tf.bool})                    # [T_real, 1]
+            self.rows[layout] = self._node("Reshape", f"{layout}_rows", [
+                self.where[layout], self._const("flat", np.array([-1], np.int32))],
+                {"T": tf.int64, "Tshape": tf.int32})                           # [T_real]
+        trim_tokens = self._node("Mul", "trim_tokens", [
+            self._const("batch", np.int32(batch)), self.length], {"T": tf.int32})
+        self.trim_tokens = self._node("Cast", "trim_tokens_64", [trim_tokens], {
+            "SrcT": tf.int32, "DstT": tf.int64, "Truncate": False})
+        self.axis = self._const("axis", np.int32(0))
+
+    def _const(self, name, value):
+        """A Const under the scope, made once per name."""
+        if name not in self._consts:
+            self._consts[name] = self.graph.add_const(f"{self.scope}/{name}", value)
+        return self._consts[name]
+
+    def _node(self, op, name, inputs, attrs):
+        return self.graph.add_node(op, f"{self.scope}/{name}", inputs, attrs).name
+
+    def _pack(self, name, values):
+        return self._node("Pack", name, values, {"T": tf.as_dtype(
+            self.graph.dtype(values[-1])), "N": len(values), "axis": 0})
+
+    def pack(self, tensor, dtype, layout, name):
+        """GatherV2 of the real rows: [rows, k] -> [T_real, k]."""
+        return self.graph.add_node("GatherV2", name, [tensor, self.rows[layout], self.axis], {
+            "Tparams": dtype, "Tindices": tf.int64, "Taxis": tf.int32, "batch_dims": 0}).name
+
+    def unpack(self, tensor, dtype, width, layout, name):
+        """ScatterNd back to [rows, k], zeros at padding."""
+        if layout == "full":
+            shape = self.graph.add_const(f"{name}/shape",
+                                         np.array([self.batch * self.seq, width], np.int64))
+        else:
+            shape = self._pack(f"trim_shape_{width}", [self.trim_tokens, self._const(
+                f"width_{width}", np.int64(width))])
+        return self.graph.add_node("ScatterNd", name, [self.where[layout], tensor, shape], {
+            "T": dtype, "Tindices": tf.int64}).name
+
+    def heads_shape(self, heads, size):
+        """[B, L, N, H] for the attention head Reshapes."""
+        key = ("heads", heads, size)
+        if key not in self._cache:
+            self._cache[key] = self._pack(f"heads_shape_{heads}x{size}", [
+                self._const("batch", np.int32(self.batch)), self.length,
+                self._const(f"heads_{heads}", np.int32(heads)),
+                self._const(f"head_size_{size}", np.int32(size))])
+        return self._cache[key]
+
+    def trim_bias(self, bias, dtype):
+        """The mask bias [B, 1, 1, S] -> [B, 1, 1, L]."""
+        size = self._pack("bias_size", [self._const("all", np.int32(-1))] * 3 + [self.length])
+        return self._node("Slice", "trimmed_bias", [
+            bias, self._const("bias_begin", np.zeros(4, np.int32)), size],
+            {"T": dtype, "Index": tf.int32})
