@@ -139,6 +139,7 @@ def build(options: BuildOptions) -> BuildResult:
         ckpt = load_source(options)
         config = ckpt.config
         head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
+        passes = rewriting.for_head(passes, head, options.rewrites)
         modeling.check_head(head, ckpt.weights)
         too_long = [s for s in options.seq_lens if s > config.max_position_embeddings]
         if too_long:

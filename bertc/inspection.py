@@ -84,7 +84,7 @@ def _from_checkpoint(path: str, batch_size: int, seq_len: int) -> dict:
     head = modeling.default_head(ckpt.weights, ckpt.hints)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     before = freeze.freeze_model(model, head, batch_size, seq_len)
-    passes = rewriting.resolve(target="cpu")
+    passes = rewriting.for_head(rewriting.resolve(target="cpu"), head)
     after, sites = rewriting.apply(before, passes, {"dtype": "float32", "aggressive": False,
                                                     "target": "cpu"})
     return {"kind": "checkpoint", "head": head, "seq_len": seq_len, "batch_size": batch_size,

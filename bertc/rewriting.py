@@ -80,6 +80,14 @@ def _check_known(pass_names: Sequence[str]) -> None:
 CLS_ONLY_HEADS = ("pooled", "classifier")
 
 
+def for_head(pass_names: Sequence[str], head: str, requested: Sequence[str] = ()) -> List[str]:
+    """Drops default passes that cannot apply to `head` (cls_only_tail needs a
+    pooled or classifier head), so the default pipeline warns of nothing; a pass
+    the user asked for by name stays and warns if it matches nothing."""
+    return [n for n in pass_names
+            if not (n == "cls_only_tail" and head not in CLS_ONLY_HEADS and n not in requested)]
+
+
 def expected_sites(config, head: str = None) -> dict:
     """Site counts a pass must reach on a bertc-built graph of `config` (and
     `head`: cls_only_tail cuts pooled/classifier heads, leaves the others)."""

@@ -41,10 +41,14 @@ class RewritePass:
         self.options = options
         self.details: Dict[str, object] = {}  # counts; lists are logged by length
 
-    def apply(self, graph_def: GraphDef, protected_nodes: Iterable[str] = ()
-              ) -> Tuple[GraphDef, int]:
-        """Returns (rewritten copy of graph_def, number of sites rewritten)."""
-        graph = Graph(graph_def, protected=protected_nodes)
+    def apply(self, graph_def: GraphDef, protected_nodes: Iterable[str] = (),
+              owned: bool = False) -> Tuple[GraphDef, int]:
+        """Returns (rewritten copy of graph_def, number of sites rewritten).
+
+        owned=True hands graph_def over to be edited in place (the pipeline's own
+        intermediates); the default leaves it untouched.
+        """
+        graph = Graph(graph_def, protected=protected_nodes, copy=not owned)
         self.details = {}
         sites = self.rewrite(graph)
         logger.info("%s: %d site(s)%s", self.name, sites, "".join(

@@ -110,13 +110,19 @@ class Graph:
     """A mutable copy of a GraphDef.
 
     Args:
-      graph_def: the graph; it is copied, never modified.
+      graph_def: the graph; it is copied, never modified, unless `copy` is False.
       protected: node names that passes must neither remove nor replace.
+      copy: False hands the GraphDef over (the pipeline does so for its own
+        intermediate graphs, saving one weight-sized copy per pass); its nodes are
+        then edited in place.
     """
 
-    def __init__(self, graph_def: GraphDef, protected: Iterable[str] = ()):
-        self._graph_def = GraphDef()
-        self._graph_def.CopyFrom(graph_def)
+    def __init__(self, graph_def: GraphDef, protected: Iterable[str] = (), copy: bool = True):
+        if copy:
+            self._graph_def = GraphDef()
+            self._graph_def.CopyFrom(graph_def)
+        else:
+            self._graph_def = graph_def
         self._nodes: Dict[str, NodeDef] = collections.OrderedDict(
             (n.name, n) for n in self._graph_def.node)
         self.protected = frozenset(protected)

@@ -76,10 +76,12 @@ def run(graph_def: GraphDef, pass_names: Sequence[str], protected_nodes: Iterabl
         raise GraphValidationError(f"input graph: {e}") from None
     options = dict(options or {})
     reports = []
-    for name, cls in zip(pass_names, classes):
+    for index, (name, cls) in enumerate(zip(pass_names, classes)):
         rewrite = cls(**{k: v for k, v in options.items() if k in cls.option_names})
         start = time.perf_counter()
-        graph_def, sites = rewrite.apply(graph_def, protected)
+        # The caller's graph is copied by the first pass; later passes take over the
+        # previous pass's output, which nothing else holds.
+        graph_def, sites = rewrite.apply(graph_def, protected, owned=index > 0)
         seconds = time.perf_counter() - start
         try:
             validate(graph_def)
