@@ -50,6 +50,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
+from rewrites import input_regions
 from rewrites.base import Edit, FusionPass, interior_refusal
 from rewrites.graph import Graph, is_stateful, parse_input, tensor_name
 from rewrites.pattern import ConstPattern, Match, Matcher, OneOf, OpTypePattern
@@ -204,13 +205,7 @@ def deduplicate_mask_bias(graph: Graph) -> int:
                 masks.append(match.tensor("mask_bias"))
     if len(set(masks)) < 2:
         return 0
-    ancestors = set()
-    stack = [parse_input(m)[0] for m in masks]
-    while stack:
-        name = stack.pop()
-        if name not in ancestors:
-            ancestors.add(name)
-            stack.extend(parse_input(t)[0] for t in graph.node(name).input)
+    ancestors = input_regions.ancestors(graph, masks)
     keys: Dict[str, tuple] = {}
     canonical: Dict[tuple, str] = {}
     mapping, merged = {}, []
