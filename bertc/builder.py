@@ -120,6 +120,13 @@ def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq
     return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len), path
 
 
+def reference_graph(options: BuildOptions, head: str, seq_len: int) -> freeze.FrozenGraph:
+    """The unrewritten fp32 graph of the build's source, read again from disk."""
+    source = load_source(options, checksums=False)
+    model = modeling.BertModel(source.config, source.weights)
+    return freeze.freeze_model(model, head, options.batch_size, seq_len)
+
+
 def build(options: BuildOptions) -> BuildResult:
     """Builds, exports, compiles and verifies an artifact; see the module docstring."""
     check_options(options)
@@ -162,13 +169,16 @@ def build(options: BuildOptions) -> BuildResult:
             with log.stage("trace"):
                 concrete = freeze.trace(model, head, options.batch_size, seq_len)
             with log.stage("freeze"):
-                reference = freeze.freeze(concrete, options.batch_size, seq_len, model.weights)
+                frozen = freeze.freeze(concrete, options.batch_size, seq_len, model.weights)
                 del concrete
                 if seq_len == max(options.seq_lens):
                     model.weights = None  # the last trace: the graph holds the weights now
             with log.stage("rewrite"):
-                frozen, reports = rewriting.apply(reference, passes, pass_options,
-                                                  options.strict)
+                # The pipeline takes the frozen graph over (no copy); verify rebuilds the
+                # unrewritten reference from the checkpoint, so at most two weight-sized
+                # graphs are alive at once.
+                frozen, reports = rewriting.apply(frozen, passes, pass_options,
+                                                  options.strict, consume=True)
                 rewriting.check_sites(reports, config, head)  # bertc built this graph
             rewrite_reports[str(seq_len)] = reports
             relative = os.path.join(f"seq_{seq_len}", "1")
@@ -184,6 +194,7 @@ def build(options: BuildOptions) -> BuildResult:
                 models.append(entry)
             if options.verify:
                 with log.stage("verify"):
+                    reference = reference_graph(options, head, seq_len)
                     features, source = text_features(options.verify_data, ckpt.vocab_file,
                                                      lower, seq_len, options.verify_rows)
                     verify_reports[str(seq_len)] = verify_lib.verify_runners(
@@ -192,7 +203,7 @@ def build(options: BuildOptions) -> BuildResult:
                         seq_len, features,
                         config.vocab_size, config.type_vocab_size, thresholds,
                         text_source=source)
-            del reference
+                    del reference
         shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
         doc = manifest.make_manifest(
             options=options, source=ckpt.source, config=config, head=head,

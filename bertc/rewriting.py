@@ -143,15 +143,19 @@ def is_exact(pass_names: Sequence[str]) -> bool:
 
 
 def apply(frozen: FrozenGraph, pass_names: Sequence[str], options: dict = None,
-          strict: bool = False):
-    """Runs the passes on `frozen`; returns (new FrozenGraph, list of report dicts)."""
+          strict: bool = False, consume: bool = False):
+    """Runs the passes on `frozen`; returns (new FrozenGraph, list of report dicts).
+
+    consume=True hands frozen.graph_def to the pipeline to edit in place (the
+    caller must not use `frozen` afterwards).
+    """
     if not pass_names:
         return frozen, []
     import rewrites
     protected = list(frozen.inputs.values()) + list(frozen.outputs.values())
     try:
         result = rewrites.run(frozen.graph_def, list(pass_names), protected_nodes=protected,
-                              strict=strict, options=options or {})
+                              strict=strict, options=options or {}, consume=consume)
     except rewrites.NoMatchError as e:
         raise BertcError(f"--strict: {e}") from None
     reports = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r)
