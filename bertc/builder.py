@@ -161,8 +161,8 @@ def build(options: BuildOptions) -> BuildResult:
                  config.head_size, head, ", ".join(passes) or "none")
     exact = rewriting.is_exact(passes)
     thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
-    pass_options = {"dtype": options.dtype, "aggressive": options.aggressive_optimizations,
-                    "target": options.target}
+    pass_options = rewriting.pass_options(options.dtype, options.aggressive_optimizations,
+                                          options.target)
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
     with atomic.output_directory(options.output, options.overwrite) as tmp:
         for seq_len in sorted(options.seq_lens):

@@ -136,10 +136,3 @@ def load_signature(export_dir: str):
     fn = loaded.signatures["serving_default"]
     fn._bertc_keepalive = loaded  # the signature needs its owner alive
     return fn
-
-
-def saved_model_size(export_dir: str) -> int:
-    total = 0
-    for root, _, files in os.walk(export_dir):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total

@@ -85,8 +85,7 @@ def _from_checkpoint(path: str, batch_size: int, seq_len: int) -> dict:
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     before = freeze.freeze_model(model, head, batch_size, seq_len)
     passes = rewriting.for_head(rewriting.resolve(target="cpu"), head)
-    after, sites = rewriting.apply(before, passes, {"dtype": "float32", "aggressive": False,
-                                                    "target": "cpu"})
+    after, sites = rewriting.apply(before, passes, rewriting.pass_options())
     return {"kind": "checkpoint", "head": head, "seq_len": seq_len, "batch_size": batch_size,
             "before": before.graph_def, "after": after.graph_def, "sites": sites}
 

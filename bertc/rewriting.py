@@ -134,6 +134,11 @@ def thresholds(pass_names: Sequence[str], exact: dict) -> dict:
     return chosen
 
 
+def pass_options(dtype: str = "float32", aggressive: bool = False, target: str = "cpu") -> dict:
+    """The options a build hands to its passes (each pass takes the keys it knows)."""
+    return {"dtype": dtype, "aggressive": aggressive, "target": target}
+
+
 def is_exact(pass_names: Sequence[str]) -> bool:
     """True when every pass is exact (fp32 re-association only)."""
     if not pass_names:

@@ -14,18 +14,15 @@ dropped, as a server does.
 
 import dataclasses
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from bertc.errors import BertcError
 
-Runner = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
-
-#: Thresholds of an exact build (fp32, only exact rewrites).
+#: Thresholds of an exact build (fp32, only exact rewrites); approximate passes set
+#: their own (bertc.rewriting.APPROXIMATE_THRESHOLDS).
 EXACT = {"max_abs": 1e-4, "min_cos": 0.99999, "argmax": 1.0}
-#: Thresholds of a build with approximate rewrites (GELU forms, half precision).
-APPROXIMATE = {"max_abs": None, "min_cos": 0.999, "argmax": 0.995}
 
 
 @dataclasses.dataclass

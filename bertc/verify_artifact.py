@@ -9,7 +9,7 @@ build) unless given.
 import logging
 import os
 
-from bertc import builder, checkpoint, freeze, manifest, modeling, runners
+from bertc import builder, checkpoint, freeze, manifest, modeling, rewriting, runners
 from bertc import verify as verify_lib
 from bertc.errors import BertcError
 
@@ -84,6 +84,6 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
 def pass_options(doc: dict) -> dict:
     """The options the build handed to its passes (dtype, aggressive, target)."""
     opts = doc["options"]
-    return {"dtype": opts.get("dtype", "float32"),
-            "aggressive": opts.get("aggressive_optimizations", False),
-            "target": opts.get("target", "cpu")}
+    return rewriting.pass_options(opts.get("dtype", "float32"),
+                                  opts.get("aggressive_optimizations", False),
+                                  opts.get("target", "cpu"))
