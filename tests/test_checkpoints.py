@@ -278,11 +278,7 @@ def test_cli_convert_of_hf_classifier_round_trips(tmp_path):
     out = str(tmp_path / "google")
     proc = bt.run_cli("convert", "--hf_dir", hf_dir, "--output", out)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote Google-format checkpoint" in proc.stdout
-    tensors = _google_tensors(os.path.join(out, "bert_model.ckpt"))
-    assert sorted(tensors) == sorted(weights)
-    for name, value in weights.items():
-        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+    _assert_converted(proc, out, weights)
     with open(os.path.join(out, "bert_config.json"), encoding="utf-8") as f:
         assert json.load(f) == dict(cfg, hidden_dropout_prob=0.0,  # as saved by _save_hf
                                     attention_probs_dropout_prob=0.0)
@@ -300,6 +296,15 @@ def test_cli_convert_of_hf_classifier_round_trips(tmp_path):
     assert np.abs(outputs["logits"] - logits).max() < TOL
 
 
+def _assert_converted(proc, out, weights):
+    """`bertc convert` succeeded and wrote exactly `weights` under Google names."""
+    assert "wrote Google-format checkpoint" in proc.stdout
+    tensors = _google_tensors(os.path.join(out, "bert_model.ckpt"))
+    assert sorted(tensors) == sorted(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
 def test_convert_of_hf_bert_model_without_pooler_round_trips(tmp_path):
     """BertModel(add_pooling_layer=False).save_pretrained -> bertc convert (the CLI,
     forked from the fork server) -> build: the sequence head."""
@@ -312,11 +317,7 @@ def test_convert_of_hf_bert_model_without_pooler_round_trips(tmp_path):
     (proc,) = bt.run_cli_many([["convert", "--hf_dir", hf_dir, "--output", out]],
                               str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert "wrote Google-format checkpoint" in proc.stdout
-    tensors = _google_tensors(os.path.join(out, "bert_model.ckpt"))
-    assert sorted(tensors) == sorted(weights)
-    for name, value in weights.items():
-        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+    _assert_converted(proc, out, weights)
     art = str(tmp_path / "art")
     result = bertc.build(bertc.BuildOptions(output=art, ckpt=out, batch_size=BATCH,
                                             seq_lens=(SEQ,), verify=False))
