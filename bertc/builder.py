@@ -3,7 +3,7 @@
 Stages, each logged with its time and peak memory:
   read     load and validate the checkpoint (Google, SavedModel)
   trace    build the BERT tf.function at [batch_size, seq_len] for the head
-  freeze   inline the weights as constants (a GraphDef)
+  freeze   the traced GraphDef, weights detached (kept as the checkpoint's arrays)
   rewrite  run the pass pipeline (rewrites/)
   export   write the SavedModel (and compile it for the target)
   verify   compare the written SavedModel with the unrewritten reference
@@ -124,7 +124,11 @@ def reference_graph(options: BuildOptions, head: str, seq_len: int) -> freeze.Fr
     """The unrewritten fp32 graph of the build's source, read again from disk."""
     source = load_source(options, checksums=False)
     model = modeling.BertModel(source.config, source.weights)
-    return freeze.freeze_model(model, head, options.batch_size, seq_len)
+    frozen = freeze.freeze_model(model, head, options.batch_size, seq_len, detach=True)
+    # the traced function keeps `model` alive in a reference cycle; its weights
+    # must go with the returned graph, not wait for the garbage collector
+    model.weights = source.weights = None
+    return frozen
 
 
 def build(options: BuildOptions) -> BuildResult:
@@ -169,14 +173,14 @@ def build(options: BuildOptions) -> BuildResult:
             with log.stage("trace"):
                 concrete = freeze.trace(model, head, options.batch_size, seq_len)
             with log.stage("freeze"):
-                frozen = freeze.freeze(concrete, options.batch_size, seq_len, model.weights)
+                frozen = freeze.freeze(concrete, options.batch_size, seq_len, model.weights,
+                                       detach=True)
                 del concrete
                 if seq_len == max(options.seq_lens):
-                    model.weights = None  # the last trace: the graph holds the weights now
+                    model.weights = None  # the last trace: `frozen` holds the weights now
             with log.stage("rewrite"):
-                # The pipeline takes the frozen graph over (no copy); verify rebuilds the
-                # unrewritten reference from the checkpoint, so at most two weight-sized
-                # graphs are alive at once.
+                # The pipeline takes the frozen graph and its detached weights over (no
+                # copy); verify rebuilds the unrewritten reference from the checkpoint.
                 frozen, reports = rewriting.apply(frozen, passes, pass_options,
                                                   options.strict, consume=True)
                 rewriting.check_sites(reports, config, head)  # bertc built this graph
@@ -194,16 +198,15 @@ def build(options: BuildOptions) -> BuildResult:
                 models.append(entry)
             if options.verify:
                 with log.stage("verify"):
-                    reference = reference_graph(options, head, seq_len)
                     features, source = text_features(options.verify_data, ckpt.vocab_file,
                                                      lower, seq_len, options.verify_rows)
                     verify_reports[str(seq_len)] = verify_lib.verify_runners(
                         lambda: runners.saved_model_runner(os.path.join(tmp, relative)),
-                        lambda: runners.graph_def_runner(reference), options.batch_size,
-                        seq_len, features,
+                        # read from disk again, alive only while it runs
+                        lambda: runners.graph_def_runner(reference_graph(options, head, seq_len)),
+                        options.batch_size, seq_len, features,
                         config.vocab_size, config.type_vocab_size, thresholds,
                         text_source=source)
-                    del reference
         shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
         doc = manifest.make_manifest(
             options=options, source=ckpt.source, config=config, head=head,

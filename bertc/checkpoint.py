@@ -99,6 +99,7 @@ def find_checkpoint_prefix(ckpt_dir: str) -> str:
 def read_tf_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
     """All non-ignored tensors of a TF1 name-based checkpoint, as float32 arrays."""
     import tensorflow as tf
+    from rewrites.graph import aligned_empty
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
@@ -120,8 +121,12 @@ def read_tf_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
             if not np.issubdtype(value.dtype, np.floating):
                 raise BertcError(f"{prefix}: tensor '{name}' has dtype {value.dtype}; "
                                  "expected float32")
-            value = value.astype(np.float32)
-        result[name] = value
+        # Copied out of TensorFlow's tensor into numpy-owned memory, one tensor at a
+        # time: with oneDNN on, TF's allocator keeps what it frees, so the weights
+        # would stay resident after the last array is gone.
+        result[name] = aligned_empty(value.shape, np.float32)
+        result[name][...] = value
+        del value
     return result
 
 

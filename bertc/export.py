@@ -11,36 +11,27 @@ The file is assembled from its parts instead of through a Session and
 SavedModelBuilder, which would import the graph and copy every weight twice more:
 protobuf messages concatenate, so `saved_model.pb` is written as the serialized
 SavedModel header followed by the GraphDef's own bytes, tagged as field
-`meta_graphs[0].graph_def`.
+`meta_graphs[0].graph_def`, node by node; a detached graph's weights are put
+into their nodes one at a time as they are written.
 """
 
 import os
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.framework import meta_graph, op_def_registry
 
 from bertc.freeze import FrozenGraph
+from bertc.protowire import field_header
 
-_WIRE_LENGTH_DELIMITED = 2
 _SAVED_MODEL_META_GRAPHS = 2   # SavedModel.meta_graphs
 _META_GRAPH_GRAPH_DEF = 2      # MetaGraphDef.graph_def
 _GRAPH_DEF_NODE = 1            # GraphDef.node
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload_length: int) -> bytes:
-    """Tag and length of a length-delimited protobuf field."""
-    return _varint((number << 3) | _WIRE_LENGTH_DELIMITED) + _varint(payload_length)
+_NODE_ATTR = 5                 # NodeDef.attr (map<string, AttrValue>)
+_MAP_KEY, _MAP_VALUE = 1, 2    # a map entry's key and value
+_ATTR_VALUE_TENSOR = 8         # AttrValue.tensor
+_TENSOR_CONTENT = 4            # TensorProto.tensor_content
 
 
 def strip_default_attrs(graph_def) -> None:
@@ -85,16 +76,18 @@ def write_saved_model(frozen: FrozenGraph, export_dir: str) -> None:
     meta.signature_def["serving_default"].CopyFrom(signature_def(frozen))
     graph_def = frozen.graph_def
     meta_bytes = meta.SerializeToString()
-    graph_length = _graph_def_length(graph_def)
-    meta_length = len(meta_bytes) + len(_field(_META_GRAPH_GRAPH_DEF, graph_length)) + graph_length
+    constants = frozen.constants or {}
+    graph_length = _graph_def_length(graph_def, constants)
+    meta_length = (len(meta_bytes) + len(field_header(_META_GRAPH_GRAPH_DEF, graph_length))
+                   + graph_length)
     header = saved_model_pb2.SavedModel(saved_model_schema_version=1).SerializeToString()
     os.makedirs(export_dir)
     with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
         f.write(header)
-        f.write(_field(_SAVED_MODEL_META_GRAPHS, meta_length))
+        f.write(field_header(_SAVED_MODEL_META_GRAPHS, meta_length))
         f.write(meta_bytes)
-        f.write(_field(_META_GRAPH_GRAPH_DEF, graph_length))
-        _write_graph_def(f, graph_def)
+        f.write(field_header(_META_GRAPH_GRAPH_DEF, graph_length))
+        _write_graph_def(f, graph_def, constants)
 
 
 def _non_node_fields(graph_def):
@@ -110,23 +103,55 @@ def _non_node_fields(graph_def):
     return rest
 
 
-def _graph_def_length(graph_def) -> int:
-    """Serialized size of a GraphDef, node by node (GraphDef.ByteSize() would
-    serialize the whole graph into a temporary buffer as large as the weights)."""
+def _node_chunks(node, constants) -> list:
+    """The serialized NodeDef as byte chunks.  A detached Const is written as its
+    shape-only node without the `value` attr, then that attr as one more map
+    entry (protobuf merges repeated fields in any order) whose tensor ends in
+    `tensor_content` = the array's own buffer, so its bytes are never copied:
+
+        NodeDef    name op input ... attr{key: "value", value: AttrValue}
+        AttrValue  tensor: TensorProto
+        TensorProto dtype tensor_shape tensor_content
+    """
+    value = constants.get(node.name)
+    if value is None or node.op != "Const":
+        return [node.SerializeToString()]
+    content = memoryview(np.ascontiguousarray(value)).cast("B")
+    light = type(node)()
+    light.CopyFrom(node)
+    tensor_bytes = light.attr["value"].tensor.SerializeToString()
+    del light.attr["value"]
+    content_header = field_header(_TENSOR_CONTENT, len(content))
+    tensor_length = len(tensor_bytes) + len(content_header) + len(content)
+    tensor_header = field_header(_ATTR_VALUE_TENSOR, tensor_length)
+    attr_length = len(tensor_header) + tensor_length
+    key = field_header(_MAP_KEY, len(b"value")) + b"value"
+    value_header = field_header(_MAP_VALUE, attr_length)
+    entry_length = len(key) + len(value_header) + attr_length
+    head = b"".join([light.SerializeToString(), field_header(_NODE_ATTR, entry_length), key,
+                     value_header, tensor_header, tensor_bytes, content_header])
+    return [head, content]
+
+
+def _graph_def_length(graph_def, constants) -> int:
+    """Serialized size of a GraphDef with its detached `constants` attached, node
+    by node (GraphDef.ByteSize() would serialize the whole graph into a temporary
+    buffer as large as the weights)."""
     total = _non_node_fields(graph_def).ByteSize()
     for node in graph_def.node:
-        size = node.ByteSize()
-        total += len(_field(_GRAPH_DEF_NODE, size)) + size
+        size = sum(len(c) for c in _node_chunks(node, constants))
+        total += len(field_header(_GRAPH_DEF_NODE, size)) + size
     return total
 
 
-def _write_graph_def(f, graph_def) -> None:
+def _write_graph_def(f, graph_def, constants) -> None:
     """Serializes a GraphDef field by field, so no whole-graph byte copy exists."""
     rest = _non_node_fields(graph_def)
     for node in graph_def.node:
-        data = node.SerializeToString()
-        f.write(_field(_GRAPH_DEF_NODE, len(data)))
-        f.write(data)
+        chunks = _node_chunks(node, constants)
+        f.write(field_header(_GRAPH_DEF_NODE, sum(len(c) for c in chunks)))
+        for chunk in chunks:
+            f.write(chunk)
     f.write(rest.SerializeToString())
 
 

@@ -16,7 +16,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from bertc import builder, checkpoint, freeze, manifest, modeling, rewriting, runners
+import rewrites
+from bertc import (builder, checkpoint, freeze, manifest, modeling, rewriting, runners,
+                   saved_model_reader)
 from bertc.errors import BertcError
 
 
@@ -46,14 +48,7 @@ def parameter_stats(graph_def) -> dict:
 
 def strip_weights(graph_def):
     """A copy of `graph_def` whose large Const values are cleared (shape and dtype kept)."""
-    light = tf.compat.v1.GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    for node in graph_def.node:
-        copied = light.node.add()
-        copied.CopyFrom(node)
-        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) > 1024:
-            copied.attr["value"].tensor.ClearField("tensor_content")
-    return light
+    return rewrites.detach_constants(graph_def, min_bytes=1024)[0]
 
 
 def write_tensorboard(logdir: str, graphs: dict) -> None:
@@ -72,7 +67,7 @@ def _from_artifact(path: str) -> dict:
     ckpt = builder.load_source(verify_artifact.source_options(doc), checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     before = freeze.freeze_model(model, doc["head"], doc["batch_size"], entry["seq_len"])
-    after, _ = runners.read_saved_model(os.path.join(path, entry["path"]))
+    after, _, _ = saved_model_reader.read_detached(os.path.join(path, entry["path"]))
     sites = doc["rewrites"]["per_seq_len"].get(str(entry["seq_len"]), [])
     return {"kind": "artifact", "head": doc["head"], "seq_len": entry["seq_len"],
             "batch_size": doc["batch_size"], "before": before.graph_def, "after": after,

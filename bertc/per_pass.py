@@ -10,8 +10,6 @@ min cosine, argmax agreement per output). The reference runs once.
 import logging
 from typing import List
 
-import numpy as np
-
 from bertc import rewriting, runners
 from bertc import verify as verify_lib
 from bertc.freeze import FrozenGraph
@@ -21,14 +19,11 @@ def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,
                     batches: List[verify_lib.Batch]) -> List[dict]:
     """[{'pass', 'sites', 'outputs': {name: stats}}] for each prefix of `passes`."""
     want = verify_lib.run_all(lambda: runners.graph_def_runner(reference), batches)
-    mask = np.concatenate([b.feeds["input_mask"][:b.real_rows] for b in batches])
     rows = []
     for k in range(1, len(passes) + 1):
         rewritten, reports = rewriting.apply(reference, passes[:k], options)
         got = verify_lib.run_all(lambda: runners.graph_def_runner(rewritten), batches)
-        stats = {name: verify_lib.compare_outputs(name, [g[name] for g in got],
-                                                  [w[name] for w in want], mask)
-                 for name in want[0]}
+        stats = verify_lib.compare_results(got, want, batches)
         rows.append({"pass": passes[k - 1], "sites": reports[-1]["sites"], "outputs": stats})
         logging.info("per-pass %-16s sites %3d  %s", passes[k - 1], reports[-1]["sites"],
                      "  ".join(f"{n}: max_abs {s['max_abs']:.3g} min_cos {s['min_cos']:.6f}"

@@ -151,8 +151,9 @@ def apply(frozen: FrozenGraph, pass_names: Sequence[str], options: dict = None,
           strict: bool = False, consume: bool = False):
     """Runs the passes on `frozen`; returns (new FrozenGraph, list of report dicts).
 
-    consume=True hands frozen.graph_def to the pipeline to edit in place (the
-    caller must not use `frozen` afterwards).
+    consume=True hands frozen.graph_def (and its detached constants) to the
+    pipeline to edit in place (the caller must not use `frozen` afterwards).
+    A detached FrozenGraph gives a detached result.
     """
     if not pass_names:
         return frozen, []
@@ -160,9 +161,11 @@ def apply(frozen: FrozenGraph, pass_names: Sequence[str], options: dict = None,
     protected = list(frozen.inputs.values()) + list(frozen.outputs.values())
     try:
         result = rewrites.run(frozen.graph_def, list(pass_names), protected_nodes=protected,
-                              strict=strict, options=options or {}, consume=consume)
+                              strict=strict, options=options or {}, consume=consume,
+                              constants=frozen.constants)
     except rewrites.NoMatchError as e:
         raise BertcError(f"--strict: {e}") from None
     reports = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r)
                for r in result.reports]
-    return dataclasses.replace(frozen, graph_def=result.graph_def), reports
+    return dataclasses.replace(frozen, graph_def=result.graph_def,
+                               constants=result.constants), reports

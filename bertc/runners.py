@@ -11,10 +11,11 @@ applied by whatever runtime serves it). A runner is called with {input name: int
 [B, S]} and returns {output name: array}; `close` frees its memory.
 """
 
-import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
+import rewrites
+import rewrites.graph
+from bertc import saved_model_reader
 from bertc.freeze import FrozenGraph
 
 
@@ -27,25 +28,12 @@ def session_config(grappler: bool = False):
 LIFT_MIN_BYTES = 1 << 16
 
 
-def lift_weights(graph_def, min_bytes: int = LIFT_MIN_BYTES):
-    """(graph_def with large Consts as Placeholders, {node name: ndarray}); input untouched."""
-    light = tf.compat.v1.GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    light.library.CopyFrom(graph_def.library)
-    weights = {}
-    for node in graph_def.node:
-        tensor = node.attr["value"].tensor if node.op == "Const" else None
-        if tensor is not None and len(tensor.tensor_content) >= min_bytes:
-            dtype = tf.as_dtype(tensor.dtype)
-            shape = [d.size for d in tensor.tensor_shape.dim]
-            weights[node.name] = np.frombuffer(tensor.tensor_content,
-                                               dtype=dtype.as_numpy_dtype).reshape(shape)
-            placeholder = light.node.add(name=node.name, op="Placeholder")
-            placeholder.attr["dtype"].type = tensor.dtype
-            placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
-        else:
-            light.node.add().CopyFrom(node)
-    return light, weights
+def lift_weights(graph_def, constants=None, min_bytes: int = LIFT_MIN_BYTES):
+    """(copy of graph_def whose large and detached Consts are Placeholders,
+    {node name: value}); the input is untouched."""
+    light, values = rewrites.detach_constants(graph_def, min_bytes)
+    values.update(constants or {})
+    return rewrites.graph.consts_as_placeholders(light, values), values
 
 
 class SessionRunner:
@@ -55,10 +43,12 @@ class SessionRunner:
     """
 
     def __init__(self, graph_def, inputs: dict, outputs: dict, grappler: bool = False,
-                 lift: bool = True):
+                 lift: bool = True, constants=None):
         weights = {}
         if lift:
-            graph_def, weights = lift_weights(graph_def)
+            graph_def, weights = lift_weights(graph_def, constants)
+        elif constants:
+            graph_def = rewrites.attach_constants(graph_def, constants)
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
@@ -94,24 +84,18 @@ def graph_def_runner(frozen: FrozenGraph, grappler: bool = False,
     """A runner over a FrozenGraph (the unrewritten reference, or any rewrite of it)."""
     return SessionRunner(frozen.graph_def,
                          {n: f"{node}:0" for n, node in frozen.inputs.items()},
-                         {n: f"{node}:0" for n, node in frozen.outputs.items()}, grappler, lift)
-
-
-def read_saved_model(export_dir: str):
-    """(GraphDef, serving_default SignatureDef) of a bertc SavedModel."""
-    proto = saved_model_pb2.SavedModel()
-    with open(f"{export_dir}/saved_model.pb", "rb") as f:
-        proto.ParseFromString(f.read())
-    meta = proto.meta_graphs[0]
-    return meta.graph_def, meta.signature_def["serving_default"]
+                         {n: f"{node}:0" for n, node in frozen.outputs.items()}, grappler, lift,
+                         frozen.constants)
 
 
 def saved_model_runner(export_dir: str, grappler: bool = False,
                        lift: bool = True) -> SessionRunner:
-    """A runner over the serving_default signature of a (constants-only) SavedModel.
+    """A runner over the serving_default signature of a (constants-only) SavedModel,
+    read with its weights detached (each held once).
 
     Benchmarks pass grappler=True, lift=False: the model as a server runs it.
     """
-    graph_def, signature = read_saved_model(export_dir)
+    graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
     return SessionRunner(graph_def, {n: i.name for n, i in signature.inputs.items()},
-                         {n: i.name for n, i in signature.outputs.items()}, grappler, lift)
+                         {n: i.name for n, i in signature.outputs.items()}, grappler, lift,
+                         constants)

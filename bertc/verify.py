@@ -91,14 +91,10 @@ def run_all(runner_factory, batches: List[Batch]) -> List[Dict[str, np.ndarray]]
             close()
 
 
-def compare_runners(artifact_factory, reference_factory, batches: List[Batch]) -> dict:
-    """Per-output error statistics of the artifact against the reference over `batches`.
-
-    The factories make runners (callables feeds -> outputs, with an optional
-    close()); they run one after the other, so only one model is in memory.
-    """
-    want = run_all(reference_factory, batches)
-    got = run_all(artifact_factory, batches)
+def compare_results(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.ndarray]],
+                    batches: List[Batch]) -> dict:
+    """Per-output error statistics of the artifact's outputs `got` against the
+    reference's `want`, one dict per batch (dummy rows already cut)."""
     mask = np.concatenate([b.feeds["input_mask"][:b.real_rows] for b in batches])
     report = {}
     for name in want[0]:
@@ -146,14 +142,23 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
     """The full verify report: per input set, per output, and pass/fail.
 
     Args:
-      artifact, reference: factories of runners (see compare_runners).
+      artifact, reference: factories of runners (callables feeds -> outputs, with
+        an optional close()); each is made once and run on every input set, the
+        reference first, so only one model is in memory at a time.
     """
     sets = input_sets(text_features, text_source, seq_len, vocab_size, type_vocab_size,
                       random_rows)
     report = {"thresholds": thresholds, "batch_size": batch_size, "seq_len": seq_len,
               "inputs": {}, "failures": []}
+    batches = {name: pad_rows(features, batch_size) for name, (features, _) in sets.items()}
+    every = [b for set_batches in batches.values() for b in set_batches]
+    want = run_all(reference, every)  # each model is built once and alone in memory
+    got = run_all(artifact, every)
+    start = 0
     for set_name, (features, source) in sets.items():
-        stats = compare_runners(artifact, reference, pad_rows(features, batch_size))
+        end = start + len(batches[set_name])
+        stats = compare_results(got[start:end], want[start:end], batches[set_name])
+        start = end
         report["inputs"][set_name] = {"rows": int(len(features["input_ids"])),
                                       "source": source, "outputs": stats}
         report["failures"] += [f"{set_name}: {line}" for line in check(stats, thresholds)]

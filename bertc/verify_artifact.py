@@ -56,7 +56,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         seq_len = entry["seq_len"]
         if seq_lens and seq_len not in seq_lens:
             continue
-        reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len)
+        reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len,
+                                        detach=True)  # the model's arrays, not a copy
         features, source = builder.text_features(data, vocab, doc["tokenizer"]["do_lower_case"],
                                                  seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(

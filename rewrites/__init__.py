@@ -8,16 +8,22 @@ values, never node names, so they work on BERT graphs built by other code.
     rewrites.describe("crude_gelu")    # {'name':..., 'exact': False, 'bound': ...}
     result = rewrites.run(graph_def, ["strip_unused", "fused_attention"],
                           protected_nodes=[...], strict=False)
+
+    light, values = rewrites.detach_constants(graph_def)   # weights held once
+    result = rewrites.run(light, passes, constants=values, consume=True)
+    rewrites.attach_constants(result.graph_def, result.constants)
 """
 
 from typing import List
 
 from rewrites import registry
-from rewrites.graph import GraphValidationError, validate
+from rewrites.graph import (GraphValidationError, attach_constants, detach_constants,
+                            validate)
 from rewrites.pipeline import NoMatchError, PassReport, PipelineResult, run
 
 __all__ = ["run", "available_passes", "describe", "validate", "NoMatchError",
-           "GraphValidationError", "PassReport", "PipelineResult"]
+           "GraphValidationError", "PassReport", "PipelineResult", "detach_constants",
+           "attach_constants"]
 
 
 def available_passes() -> List[str]:

@@ -13,6 +13,8 @@ outside the match.
 import logging
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
+import numpy as np
+
 from rewrites.graph import Graph, GraphDef, parse_input
 from rewrites.pattern import Match, Matcher, Pattern
 
@@ -49,12 +51,26 @@ class RewritePass:
         intermediates); the default leaves it untouched.
         """
         graph = Graph(graph_def, protected=protected_nodes, copy=not owned)
+        sites = self._rewrite_logged(graph)
+        return graph.to_graph_def(), sites
+
+    def apply_detached(self, graph_def: GraphDef, constants: Dict[str, np.ndarray],
+                       protected_nodes: Iterable[str] = (), owned: bool = False
+                       ) -> Tuple[GraphDef, Dict[str, np.ndarray], int]:
+        """`apply` on a graph whose large Consts are detached (values in
+        `constants`, see rewrites.graph): returns (graph_def, constants, sites),
+        the result detached too.  owned=True hands over the map as well."""
+        graph = Graph(graph_def, protected=protected_nodes, copy=not owned, constants=constants)
+        sites = self._rewrite_logged(graph)
+        return graph.to_graph_def(), graph.constants, sites
+
+    def _rewrite_logged(self, graph: Graph) -> int:
         self.details = {}
         sites = self.rewrite(graph)
         logger.info("%s: %d site(s)%s", self.name, sites, "".join(
             f", {k} {len(v) if isinstance(v, (list, tuple)) else v}"
             for k, v in self.details.items()))
-        return graph.to_graph_def(), sites
+        return sites
 
     def rewrite(self, graph: Graph) -> int:
         """Edits `graph` in place; returns the number of sites."""

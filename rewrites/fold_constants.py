@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from rewrites.base import RewritePass
-from rewrites.graph import Graph, GraphDef, is_stateful, parse_input, tensor_name
+from rewrites.graph import (Graph, GraphDef, attached_node, is_stateful, parse_input,
+                            tensor_name)
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +61,8 @@ class FoldConstants(RewritePass):
                 logger.info("%s: not folding %s (%d bytes)", self.name, name,
                             max(values[(name, p)].nbytes for p in ports))
                 continue
-            node = graph.node(name)
             if ports == {0}:
-                const = tf.compat.v1.NodeDef(op="Const", name=name)
-                proto = tf.make_tensor_proto(values[(name, 0)])
-                const.attr["dtype"].type = proto.dtype
-                const.attr["value"].tensor.CopyFrom(proto)
-                if "_output_shapes" in node.attr:
-                    const.attr["_output_shapes"].CopyFrom(node.attr["_output_shapes"])
-                graph.replace_node(name, const)
+                graph.replace_with_const(name, values[(name, 0)])
             else:
                 mapping = {tensor_name(name, p): graph.add_const(
                     f"{name}/folded_{p}", values[(name, p)]) for p in sorted(ports)}
@@ -125,10 +119,11 @@ class FoldConstants(RewritePass):
         """(node, port) -> numpy value of every target output."""
         sub = GraphDef()
         sub.library.CopyFrom(graph.library)
+        constants = graph.constants
         for node in graph.topological():
             if node.name in needed:
                 copy = sub.node.add()
-                copy.CopyFrom(node)
+                copy.CopyFrom(attached_node(node, constants))
                 if node.op in ("Const", "Identity"):  # control edges of constants order nothing
                     del copy.input[:]
                     copy.input.extend(Graph.data_inputs(node))

@@ -8,6 +8,13 @@ static shapes: from a node's `_output_shapes`, a Const's value, a Placeholder's
 the graph (large constants become Placeholders of the same shape and dtype, so
 Reshape targets and reduction axes still fold).
 
+Large constants may be *detached*: the GraphDef's Const keeps its dtype and shape
+but not its value, which lives in a `{node name: ndarray}` map beside it
+(`detach_constants` splits a graph so, `attach_constants` joins it again).  Passes
+read and write values through `Graph` and never see the difference; a detached
+pipeline holds each weight once, as the caller's own array (BERT-Large: 1.3 GB
+instead of a copy per pass).
+
 Tensors are named as in GraphDef inputs: `name` for port 0, `name:port` else.
 """
 
@@ -17,6 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.python.framework import op_def_registry
 
 logger = logging.getLogger(__name__)
@@ -26,6 +34,8 @@ NodeDef = tf.compat.v1.NodeDef
 
 #: Constants at most this many elements stay in the copy used for shape inference.
 _SHAPE_INFERENCE_CONST_LIMIT = 4096
+#: Constants of at least this many bytes are detached (weights, not shapes or axes).
+DETACH_MIN_BYTES = 1 << 16
 
 
 class GraphValidationError(ValueError):
@@ -115,14 +125,23 @@ class Graph:
       copy: False hands the GraphDef over (the pipeline does so for its own
         intermediate graphs, saving one weight-sized copy per pass); its nodes are
         then edited in place.
+      constants: the values of the graph's detached Consts (see the module doc);
+        given, the graph works detached: new constants of DETACH_MIN_BYTES or
+        more are detached too, and `constants` holds the values of the result.
+        The map is copied unless `copy` is False (the arrays never are: passes
+        replace values, they do not write into them).
     """
 
-    def __init__(self, graph_def: GraphDef, protected: Iterable[str] = (), copy: bool = True):
+    def __init__(self, graph_def: GraphDef, protected: Iterable[str] = (), copy: bool = True,
+                 constants: Optional[Dict[str, np.ndarray]] = None):
         if copy:
             self._graph_def = GraphDef()
             self._graph_def.CopyFrom(graph_def)
         else:
             self._graph_def = graph_def
+        self.detached = constants is not None
+        self._detached: Dict[str, np.ndarray] = (
+            {} if constants is None else dict(constants) if copy else constants)
         self._nodes: Dict[str, NodeDef] = collections.OrderedDict(
             (n.name, n) for n in self._graph_def.node)
         self.protected = frozenset(protected)
@@ -225,9 +244,18 @@ class Graph:
         node = self.get(source)
         if node is None or node.op != "Const":
             return None
+        if node.name in self._detached:
+            return self._detached[node.name]
         if node.name not in self._const_cache:
             self._const_cache[node.name] = tf.make_ndarray(node.attr["value"].tensor)
         return self._const_cache[node.name]
+
+    @property
+    def constants(self) -> Dict[str, np.ndarray]:
+        """The values of the detached Consts still in the graph."""
+        for name in [n for n in self._detached if n not in self._nodes]:
+            del self._detached[name]
+        return self._detached
 
     def dtype(self, tensor: str) -> Optional[tf.DType]:
         """The dtype of a tensor, from its op's definition and the node's
@@ -297,10 +325,8 @@ class Graph:
 
     def add_const(self, name: str, value, dtype=None) -> str:
         """Adds a Const node holding `value`; returns its name."""
-        proto = tf.make_tensor_proto(value, dtype=dtype)
-        node = self.add_node("Const", name, attrs={
-            "dtype": tf.compat.v1.AttrValue(type=proto.dtype),
-            "value": tf.compat.v1.AttrValue(tensor=proto)})
+        node = self.add_node("Const", name)
+        self._store_const(node, value, dtype)
         return node.name
 
     def set_const(self, name: str, value, dtype=None) -> None:
@@ -308,17 +334,39 @@ class Graph:
         node = self._nodes[name]
         if node.op != "Const":
             raise ValueError(f"set_const: node {name!r} is a {node.op}, expected a Const")
-        proto = tf.make_tensor_proto(value, dtype=dtype)
-        node.attr["value"].tensor.CopyFrom(proto)
-        node.attr["dtype"].type = proto.dtype
-        self._const_cache.pop(name, None)
+        self._store_const(node, value, dtype)
         self._changed()
+
+    def replace_with_const(self, name: str, value, dtype=None) -> None:
+        """Puts a Const holding `value` in place of node `name` (same name, so its
+        readers do not change; its `_output_shapes` kept)."""
+        new = NodeDef(op="Const", name=name)
+        old = self._nodes[name]
+        if "_output_shapes" in old.attr:
+            new.attr["_output_shapes"].CopyFrom(old.attr["_output_shapes"])
+        self.replace_node(name, new)
+        self._store_const(new, value, dtype)
+
+    def _store_const(self, node: NodeDef, value, dtype=None) -> None:
+        self._const_cache.pop(node.name, None)
+        self._detached.pop(node.name, None)
+        if self.detached:
+            array = np.asarray(value, dtype=None if dtype is None else tf.as_dtype(dtype).as_numpy_dtype)
+            if array.nbytes >= DETACH_MIN_BYTES:
+                node.attr["dtype"].type = tf.as_dtype(array.dtype).as_datatype_enum
+                node.attr["value"].tensor.CopyFrom(shape_only_proto(array))
+                self._detached[node.name] = array
+                return
+        proto = tf.make_tensor_proto(value, dtype=dtype)
+        node.attr["dtype"].type = proto.dtype
+        node.attr["value"].tensor.CopyFrom(proto)
 
     def replace_node(self, name: str, new: NodeDef) -> None:
         """Puts `new` in place of node `name`, keeping the name and position."""
         new.name = name
         self._nodes[name] = new
         self._const_cache.pop(name, None)
+        self._detached.pop(name, None)
         self._changed()
 
     def set_inputs(self, name: str, inputs: Sequence[str]) -> None:
@@ -333,6 +381,7 @@ class Graph:
         for name in names:
             self._nodes.pop(name, None)
             self._const_cache.pop(name, None)
+            self._detached.pop(name, None)
         self._changed()
 
     def replace_uses(self, mapping: Dict[str, str], skip: Iterable[str] = ()) -> int:
@@ -376,7 +425,8 @@ class Graph:
         return removed
 
     def to_graph_def(self) -> GraphDef:
-        """A new GraphDef: the nodes in topological order, versions and library kept."""
+        """A new GraphDef: the nodes in topological order, versions and library kept.
+        A detached graph's GraphDef is detached too (values in `constants`)."""
         out = GraphDef()
         out.versions.CopyFrom(self._graph_def.versions)
         if self._graph_def.HasField("library"):
@@ -386,6 +436,120 @@ class Graph:
             order = list(self._nodes.values())
         out.node.extend(order)
         return out
+
+
+def shape_only_proto(array: np.ndarray):
+    """A TensorProto with the dtype and shape of `array` and no value."""
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum)
+    proto.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
+    return proto
+
+
+def shape_only_tensor(proto):
+    """A TensorProto with the dtype and shape of `proto` and no value."""
+    out = type(proto)(dtype=proto.dtype)
+    out.tensor_shape.CopyFrom(proto.tensor_shape)
+    return out
+
+
+#: TensorFlow uses a fed array's memory in place only at this alignment (else copies).
+TF_ALIGNMENT = 64
+
+
+def tensor_value(proto) -> np.ndarray:
+    """tf.make_ndarray, but a packed value lands in a TF_ALIGNMENT-aligned array,
+    so feeding it to a Session or wrapping it in a tf.Tensor copies nothing."""
+    if not proto.tensor_content:
+        return tf.make_ndarray(proto)
+    dtype = tf.as_dtype(proto.dtype).as_numpy_dtype
+    shape = [d.size for d in proto.tensor_shape.dim]
+    content = proto.tensor_content  # one transient bytes copy out of the protobuf
+    out = aligned_empty(shape, dtype)
+    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(content, np.uint8)
+    return out
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array whose data is TF_ALIGNMENT-aligned, in memory numpy
+    owns (not TensorFlow's allocator, which keeps what it frees)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + TF_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % TF_ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def detachable(node: NodeDef, min_bytes: int = DETACH_MIN_BYTES) -> bool:
+    """True for a Const whose packed value has at least `min_bytes` bytes."""
+    return node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= min_bytes
+
+
+def detach_constants(graph_def: GraphDef, min_bytes: int = DETACH_MIN_BYTES
+                     ) -> Tuple[GraphDef, Dict[str, np.ndarray]]:
+    """(copy of `graph_def` with its large Consts detached, {name: value}).
+    The input is not modified."""
+    light = GraphDef()
+    light.versions.CopyFrom(graph_def.versions)
+    if graph_def.HasField("library"):
+        light.library.CopyFrom(graph_def.library)
+    values = {}
+    for node in graph_def.node:
+        copy = light.node.add()
+        if detachable(node, min_bytes):
+            values[node.name] = tensor_value(node.attr["value"].tensor)
+            copy.name, copy.op = node.name, node.op
+            copy.input.extend(node.input)
+            for key in node.attr:
+                if key != "value":
+                    copy.attr[key].CopyFrom(node.attr[key])
+            copy.attr["value"].tensor.CopyFrom(shape_only_tensor(node.attr["value"].tensor))
+        else:
+            copy.CopyFrom(node)
+    return light, values
+
+
+def attached_node(node: NodeDef, constants: Dict[str, np.ndarray]) -> NodeDef:
+    """`node` itself, or for a detached Const a copy holding its value."""
+    value = constants.get(node.name)
+    if value is None or node.op != "Const":
+        return node
+    full = NodeDef()
+    full.CopyFrom(node)
+    tensor = full.attr["value"].tensor
+    tensor.tensor_content = np.ascontiguousarray(value).tobytes()
+    return full
+
+
+def attach_constants(graph_def: GraphDef, constants: Dict[str, np.ndarray]) -> GraphDef:
+    """A copy of a detached `graph_def` with every value in place again."""
+    full = GraphDef()
+    full.versions.CopyFrom(graph_def.versions)
+    if graph_def.HasField("library"):
+        full.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        full.node.add().CopyFrom(attached_node(node, constants))
+    return full
+
+
+def consts_as_placeholders(graph_def: GraphDef, names: Iterable[str],
+                           nodes: Optional[Iterable[NodeDef]] = None) -> GraphDef:
+    """A copy of `graph_def` (or of its versions and library with `nodes`) in which
+    the Consts `names` are Placeholders of the same dtype and shape (to be fed
+    their values, or for shape inference)."""
+    names = set(names)
+    light = GraphDef()
+    light.versions.CopyFrom(graph_def.versions)
+    if graph_def.HasField("library"):
+        light.library.CopyFrom(graph_def.library)
+    for node in graph_def.node if nodes is None else nodes:
+        if node.name in names and node.op == "Const":
+            proto = node.attr["value"].tensor
+            stub = light.node.add(op="Placeholder", name=node.name)
+            stub.attr["dtype"].type = proto.dtype
+            stub.attr["shape"].shape.CopyFrom(proto.tensor_shape)
+        else:
+            light.node.add().CopyFrom(node)
+    return light
 
 
 def make_attr(value) -> tf.compat.v1.AttrValue:
@@ -411,20 +575,11 @@ def make_attr(value) -> tf.compat.v1.AttrValue:
 def _infer_shapes(nodes, graph_def: GraphDef) -> Dict[str, tuple]:
     """tensor name -> (shape tuple or None, dtype) by TensorFlow's shape functions,
     on a copy whose large constants are Placeholders (cheap to import)."""
-    light = GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        light.library.CopyFrom(graph_def.library)
-    for node in nodes:
-        if node.op == "Const":
-            proto = node.attr["value"].tensor
-            shape = [d.size for d in proto.tensor_shape.dim]
-            if int(np.prod(shape, dtype=np.int64)) > _SHAPE_INFERENCE_CONST_LIMIT:
-                stub = light.node.add(op="Placeholder", name=node.name)
-                stub.attr["dtype"].type = proto.dtype
-                stub.attr["shape"].shape.CopyFrom(proto.tensor_shape)
-                continue
-        light.node.add().CopyFrom(node)
+    nodes = list(nodes)
+    large = [n.name for n in nodes if n.op == "Const" and int(np.prod(
+        [d.size for d in n.attr["value"].tensor.tensor_shape.dim], dtype=np.int64))
+        > _SHAPE_INFERENCE_CONST_LIMIT]
+    light = consts_as_placeholders(graph_def, large, nodes)
     result = {}
     graph = tf.Graph()
     try:

@@ -12,7 +12,9 @@ error (`NoMatchError`).
 import dataclasses
 import logging
 import time
-from typing import Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 from rewrites import registry
 from rewrites.graph import GraphDef, GraphValidationError, validate
@@ -39,11 +41,13 @@ class PassReport:
 class PipelineResult:
     graph_def: GraphDef
     reports: List[PassReport]
+    constants: Optional[Dict[str, np.ndarray]] = None  # the detached values, if detached
 
 
 def run(graph_def: GraphDef, pass_names: Sequence[str], protected_nodes: Iterable[str] = (),
         strict: bool = False, options: Optional[Mapping] = None,
-        consume: bool = False) -> PipelineResult:
+        consume: bool = False, constants: Optional[Dict[str, np.ndarray]] = None
+        ) -> PipelineResult:
     """Runs `pass_names` in the given order on a copy of `graph_def`.
 
     Args:
@@ -56,6 +60,9 @@ def run(graph_def: GraphDef, pass_names: Sequence[str], protected_nodes: Iterabl
       consume: the caller hands `graph_def` over and will not use it again, so the
         first pass edits it in place instead of copying it (one weight-sized copy
         less; BERT-Large's weights are 1.3 GB).
+      constants: the values of `graph_def`'s detached Consts (rewrites.graph):
+        the pipeline then works detached, each weight held once, and returns
+        the values of its result in `constants`.  Handed over with `consume`.
     Raises:
       ValueError: an unknown pass, exclusive passes together, a protected node
         missing from the graph.
@@ -85,7 +92,12 @@ def run(graph_def: GraphDef, pass_names: Sequence[str], protected_nodes: Iterabl
         start = time.perf_counter()
         # The caller's graph is copied by the first pass; later passes take over the
         # previous pass's output, which nothing else holds.
-        graph_def, sites = rewrite.apply(graph_def, protected, owned=consume or index > 0)
+        owned = consume or index > 0
+        if constants is None:
+            graph_def, sites = rewrite.apply(graph_def, protected, owned=owned)
+        else:
+            graph_def, constants, sites = rewrite.apply_detached(graph_def, constants, protected,
+                                                                 owned=owned)
         seconds = time.perf_counter() - start
         try:
             validate(graph_def)
@@ -103,4 +115,4 @@ def run(graph_def: GraphDef, pass_names: Sequence[str], protected_nodes: Iterabl
             logger.warning("%s", warning)
         reports.append(PassReport(name=name, sites=sites, seconds=round(seconds, 4),
                                   warning=warning, details=dict(rewrite.details)))
-    return PipelineResult(graph_def=graph_def, reports=reports)
+    return PipelineResult(graph_def=graph_def, reports=reports, constants=constants)

@@ -1,0 +1,71 @@
+"""Reading a constants-only SavedModel with its weights detached.
+
+`SavedModel.ParseFromString` would hold the whole file in one protobuf arena
+(BERT-Large: 1.3 GB) and every weight taken out of it would be a second copy.
+This reader walks the protobuf wire format instead and parses one NodeDef at a
+time, so a weight exists once, as a numpy array:
+
+    SavedModel     meta_graphs[0]: MetaGraphDef       (field 2)
+    MetaGraphDef   graph_def: GraphDef                (field 2)  other fields parsed whole
+    GraphDef       node: NodeDef                      (field 1)  other fields parsed whole
+
+Returns what `export.write_saved_model` wrote: the GraphDef with its large Consts
+detached (see rewrites.graph), their values, and the `serving_default` signature.
+"""
+
+import io
+from typing import BinaryIO, Dict
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+import rewrites.graph
+from bertc.protowire import LENGTH_DELIMITED, fields
+
+_SAVED_MODEL_META_GRAPHS = 2
+_META_GRAPH_GRAPH_DEF = 2
+_GRAPH_DEF_NODE = 1
+
+
+def read_detached(export_dir: str, min_bytes: int = rewrites.graph.DETACH_MIN_BYTES):
+    """(GraphDef with large Consts detached, {node name: value}, serving_default
+    SignatureDef) of the first MetaGraphDef of `export_dir`/saved_model.pb."""
+    with open(f"{export_dir}/saved_model.pb", "rb") as f:
+        f.seek(0, io.SEEK_END)
+        end = f.tell()
+        f.seek(0)
+        for number, wire, length, _ in fields(f, end):
+            if number == _SAVED_MODEL_META_GRAPHS and wire == LENGTH_DELIMITED:
+                return _read_meta_graph(f, f.tell() + length, min_bytes)
+            f.seek(length, io.SEEK_CUR)
+    raise ValueError(f"{export_dir}/saved_model.pb holds no MetaGraphDef")
+
+
+def _read_meta_graph(f: BinaryIO, end: int, min_bytes: int):
+    meta = meta_graph_pb2.MetaGraphDef()
+    graph_def = tf.compat.v1.GraphDef()
+    constants: Dict[str, np.ndarray] = {}
+    rest = bytearray()  # every field but graph_def, re-parsed in one go
+    for number, wire, length, tag in fields(f, end):
+        if number == _META_GRAPH_GRAPH_DEF and wire == LENGTH_DELIMITED:
+            _read_graph_def(f, f.tell() + length, graph_def, constants, min_bytes)
+        else:
+            rest += tag + (f.read(length) if wire == LENGTH_DELIMITED else b"")
+    meta.ParseFromString(bytes(rest))
+    return graph_def, constants, meta.signature_def["serving_default"]
+
+
+def _read_graph_def(f: BinaryIO, end: int, graph_def, constants, min_bytes: int) -> None:
+    rest = bytearray()
+    for number, wire, length, tag in fields(f, end):
+        if number == _GRAPH_DEF_NODE and wire == LENGTH_DELIMITED:
+            node = tf.compat.v1.NodeDef.FromString(f.read(length))
+            if rewrites.graph.detachable(node, min_bytes):
+                tensor = node.attr["value"].tensor
+                constants[node.name] = rewrites.graph.tensor_value(tensor)
+                tensor.CopyFrom(rewrites.graph.shape_only_tensor(tensor))
+            graph_def.node.add().CopyFrom(node)
+        else:
+            rest += tag + (f.read(length) if wire == LENGTH_DELIMITED else b"")
+    graph_def.MergeFromString(bytes(rest))

@@ -1,0 +1,115 @@
+"""Detached constants: the weights kept beside the GraphDef instead of in it.
+
+`bertc build` runs the pipeline, the exporter and verify on detached graphs so
+that BERT-Large's weights exist once.  These tests hold the detached path to the
+embedded one: the same passes give the same graph and values, the exported
+SavedModel parses with protobuf's own parser into the same graph, and the
+streaming reader gives back exactly what protobuf reads.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+import rewrites
+import rewrites.graph
+import rewrite_graphs as rg
+from bertc import export, freeze, modeling, rewriting, saved_model_reader
+
+#: small enough that the tiny test graphs' kernels are detached
+SMALL = 256
+
+
+def graphs_equal(a, b) -> None:
+    """Asserts equal node lists (names, ops, inputs, attrs) and equal Const values."""
+    assert [n.name for n in a.node] == [n.name for n in b.node]
+    for x, y in zip(a.node, b.node):
+        assert (x.op, list(x.input)) == (y.op, list(y.input)), x.name
+        assert set(x.attr) == set(y.attr), x.name
+        for key in x.attr:
+            if key == "value" and x.op == "Const":
+                vx, vy = tf.make_ndarray(x.attr[key].tensor), tf.make_ndarray(y.attr[key].tensor)
+                assert vx.dtype == vy.dtype and vx.shape == vy.shape, x.name
+                np.testing.assert_array_equal(vx, vy, err_msg=x.name)
+            else:
+                assert x.attr[key] == y.attr[key], (x.name, key)
+
+
+def test_detach_then_attach_is_the_identity():
+    frozen = rg.tiny_frozen("pooled")
+    light, values = rewrites.detach_constants(frozen.graph_def, min_bytes=SMALL)
+    assert values, "the test graph must have constants over the threshold"
+    assert light.ByteSize() < frozen.graph_def.ByteSize() - sum(v.nbytes for v in values.values())
+    for name, value in values.items():
+        assert value.ctypes.data % rewrites.graph.TF_ALIGNMENT == 0, name
+    graphs_equal(rewrites.attach_constants(light, values), frozen.graph_def)
+
+
+@pytest.mark.parametrize("passes", [
+    ["strip_unused", "fold_constants", "fused_attention", "fused_layernorm", "cls_only_tail",
+     "remove_padding"],
+    ["crude_gelu", "fused_attention", "mixed_precision"],
+    ["tanh_gelu", "cpu_embeddings"],
+])
+def test_detached_pipeline_gives_the_embedded_result(passes, monkeypatch):
+    monkeypatch.setattr(rewrites.graph, "DETACH_MIN_BYTES", SMALL)  # new constants too
+    frozen = rg.tiny_frozen("pooled")
+    protected = rg.protected(frozen)
+    options = rewriting.pass_options("float16", False, "cpu")
+    embedded = rewrites.run(frozen.graph_def, passes, protected, options=options)
+    light, values = rewrites.detach_constants(frozen.graph_def, min_bytes=SMALL)
+    kept = dict(values)
+    detached = rewrites.run(light, passes, protected, options=options, constants=values)
+    assert [r.sites for r in detached.reports] == [r.sites for r in embedded.reports]
+    assert all(n in {m.name for m in detached.graph_def.node} for n in detached.constants)
+    large_embedded = [n.name for n in detached.graph_def.node
+                      if rewrites.graph.detachable(n, SMALL)]
+    assert not large_embedded, f"new constants left embedded: {large_embedded[:3]}"
+    graphs_equal(rewrites.attach_constants(detached.graph_def, detached.constants),
+                 embedded.graph_def)
+    for name, value in kept.items():  # the caller's arrays are never written into
+        np.testing.assert_array_equal(value, values.get(name, value))
+
+
+def test_detached_export_is_the_embedded_saved_model(tmp_path):
+    config = rg.tiny_config(2, 32, 4, 64)
+    model = modeling.BertModel(config, rg.random_weights(config))
+    embedded = freeze.freeze_model(model, "classifier", 2, 8)
+    detached = freeze.freeze_model(model, "classifier", 2, 8, detach=True)
+    assert detached.constants and all(
+        not n.attr["value"].tensor.tensor_content for n in detached.graph_def.node
+        if n.name in detached.constants)
+    export.write_saved_model(embedded, str(tmp_path / "embedded"))
+    export.write_saved_model(detached, str(tmp_path / "detached"))
+    parsed = {}
+    for kind in ("embedded", "detached"):
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((tmp_path / kind / "saved_model.pb").read_bytes())
+        parsed[kind] = proto.meta_graphs[0]
+    graphs_equal(parsed["detached"].graph_def, parsed["embedded"].graph_def)
+    assert parsed["detached"].signature_def == parsed["embedded"].signature_def
+    # the streaming reader gives back what protobuf parsed, weights detached
+    light, values, signature = saved_model_reader.read_detached(str(tmp_path / "detached"),
+                                                                min_bytes=SMALL)
+    assert values and signature == parsed["embedded"].signature_def["serving_default"]
+    graphs_equal(rewrites.attach_constants(light, values), parsed["embedded"].graph_def)
+    # and TensorFlow loads and runs both to the same numbers
+    feeds = {k: tf.constant(v) for k, v in rg.random_feeds(2, 8).items()}
+    got, want = (export.load_signature(str(tmp_path / kind))(**feeds)
+                 for kind in ("detached", "embedded"))
+    assert set(got) == {"logits", "probabilities"}
+    for name in want:
+        np.testing.assert_array_equal(got[name].numpy(), want[name].numpy())
+
+
+def test_checkpoint_weights_are_aligned_numpy_memory(tmp_path):
+    import bertc_testing as bt
+    from bertc import checkpoint
+    cfg = bt.tiny_config()
+    bt.write_google_checkpoint(str(tmp_path), cfg, bt.random_weights(cfg))
+    weights = checkpoint.load_checkpoint(str(tmp_path), checksums=False).weights
+    for name, value in weights.items():
+        assert value.dtype == np.float32 and value.flags.c_contiguous, name
+        assert value.ctypes.data % rewrites.graph.TF_ALIGNMENT == 0, name
+        assert type(value.base) is np.ndarray, f"{name} is not numpy-owned memory"
