@@ -12,19 +12,27 @@ the last position real in any row of the batch (at least 1)::
       real = NotEqual(mask, 0); L = max(1, Max(Any(real, 0) * [1..S]))
       idx  = Where(Reshape(real, [-1]))            rows b*S + s of the real tokens
       idxL = Where(Reshape(Slice(real, [B, L]), [-1]))    rows b*L + s, same order
+      both padded with 0s (copies of row 0, "spare rows") to a multiple of
+      ROW_MULTIPLE rows, at least one: fast GEMM shapes, and never empty
     before                                after
     emb LN input [T,D]                    emb LN input [T,D] -> GatherV2(idx) [T_real,D]
       |                                     |
     LayerNorm, QKV MatMul+BiasAdd,        the same ops on [T_real, k] rows
     Split                                   |
-      |                                   ScatterNd(idxL, ., [B*L, k])  (zeros at padding)
+      |                                   unpack to [B*L, k], packed row 0 at padding (*)
     Reshape [B,S,N,H] -> attention        Reshape [B,L,N,H] -> attention, the mask bias
       |     ([B,N,S,S] scores)              |   sliced to [B,1,1,L] ([B,N,L,L] scores)
     Reshape [T,D] = context               Reshape [B*L,D] -> GatherV2(idxL) [T_real,D]
       |                                     |
     out proj, residual, LN, FFN, LN       the same ops on [T_real, k] rows
       |                                     |
-    Reshape [B,S,D] -> outputs            ScatterNd(idx, ., [T,D]) -> Reshape [B,S,D] -> outputs
+    Reshape [B,S,D] -> outputs            unpack to [T, D], zeros at padding (*)
+                                            -> Reshape [B,S,D] -> outputs
+
+    (*) unpack = GatherV2(packed, inverse): inverse[r] is row r's index among the
+        real rows (an exclusive Cumsum of the flat mask); at padding 0 for
+        attention, and T_real for the outputs, which gather from [packed; a
+        zero row].  (One GatherV2 costs a third of a ScatterNd into zeros.)
 
 How the region is found (structure only): the masked attention blocks
 (`token_rows.attention_sites`, all reading one [B, S] mask through
@@ -32,7 +40,7 @@ How the region is found (structure only): the masked attention blocks
 [T, k] inputs and the readers of their context [T, k] outputs.  The region is
 every token-wise node connected to the seeds through token-wise nodes.  A
 non-constant input entering the region is packed (GatherV2); a region tensor
-read outside it is unpacked (ScatterNd, zeros at padding).  The pass changes
+read outside it is unpacked.  The pass changes
 nothing (0 sites) unless every attention's q, k, v come from the region and its
 context feeds only the region, and every other reader of a region tensor is a
 padding-tolerant consumer: a Reshape to [B, S, k] (the encoder outputs) or a
@@ -42,14 +50,15 @@ sliced; a [CLS]-only query (cls_only_tail's) keeps its [B, 1, N, H].
 
 Math: token-wise ops compute the same rows on a subset of the rows, so every
 real token's value is the same computation.  Attention reads keys and values
-of padding positions below L as 0 instead of the unrewritten graph's
-(meaningless) values, and drops positions from L on (padding in every row);
+of padding positions below L as a copy of the first real token's (finite)
+instead of the unrewritten graph's (as meaningless) values, and drops positions from L on (padding in every row);
 a padded key's softmax weight is exp(score + A - max) = 0 in float32 either
 way (|scores| << 1000), so real tokens attend to the same values.  What
 changes: the encoder's values at padding positions read 0 (sequence_output is
 0 there; mean pooling multiplies them by the 0 mask; the pooler reads
 position 0, [CLS], a real token).  Rows whose mask is all zero (dummy rows)
-hold no real token: they cost no dense-layer work and their pooled/logits are
+hold no real token: they cost no dense-layer work (a batch of dummy rows
+only runs one row, so no tensor is empty) and their pooled/logits are
 those of an all-zero encoder output (tanh(pooler bias)), not the unrewritten
 graph's meaningless values; their embedding is 0 in both.  It assumes a
 non-empty row's position 0 is real ([CLS], as BERT's tokenizers write it); a
@@ -67,7 +76,7 @@ Speed (benchmarks/padding_free.py, 2 shared cores, [4, 128], MRPC dev pairs,
 MiniLM 1.70x; on full-length batches 0.97x and 1.00x.
 
 Sites: layers converted (attention blocks whose surroundings were packed).
-`details`: ops now run packed ("packed_ops"), GatherV2 packs, ScatterNd unpacks.
+`details`: ops now run packed ("packed_ops"), packs, unpacks.
 """
 
 import logging
@@ -82,6 +91,12 @@ from rewrites.token_rows import (AttentionSite, attention_sites, output_tensors,
                                  row_wise)
 
 logger = logging.getLogger(__name__)
+
+#: The packed row count is rounded up to a multiple of this with spare rows
+#: (copies of row 0): oneDNN's GEMM ran 3-5% slower on MiniLM with a row count
+#: that is not a multiple of 4 (227 vs 228 rows; 8 and 16 cost more spare rows
+#: than they gain); a full batch (B * S) stays as it is.
+ROW_MULTIPLE = 4
 
 
 def region_of(graph: Graph, seeds: Set[str], rows: int) -> Set[str]:
@@ -260,19 +275,32 @@ class _Indices:
             "begin", np.zeros(2, np.int32)), self._pack("trim_size", [
                 self._const("all_rows", np.int32(-1)), self.length])], {
             "T": tf.bool, "Index": tf.int32})                                  # [B, L]
-        self.where, self.rows = {}, {}
+        self.flat, self.rows, self.kept = {}, {}, {}
         for layout, source in (("full", real), ("trim", trimmed)):
-            flat = self._node("Reshape", f"{layout}_flat", [source, self._const(
+            self.flat[layout] = self._node("Reshape", f"{layout}_flat", [source, self._const(
                 "flat", np.array([-1], np.int32))], {"T": tf.bool, "Tshape": tf.int32})
-            self.where[layout] = self._node("Where", f"{layout}_where", [flat],
-                                            {"T": tf.bool})                    # [T_real, 1]
-            self.rows[layout] = self._node("Reshape", f"{layout}_rows", [
-                self.where[layout], self._const("flat", np.array([-1], np.int32))],
+            where = self._node("Where", f"{layout}_where", [self.flat[layout]],
+                               {"T": tf.bool})                                 # [T_real, 1]
+            real_rows = self._node("Reshape", f"{layout}_real_rows", [
+                where, self._const("flat", np.array([-1], np.int32))],
                 {"T": tf.int64, "Tshape": tf.int32})                           # [T_real]
-        trim_tokens = self._node("Mul", "trim_tokens", [
-            self._const("batch", np.int32(batch)), self.length], {"T": tf.int32})
-        self.trim_tokens = self._node("Cast", "trim_tokens_64", [trim_tokens], {
-            "SrcT": tf.int32, "DstT": tf.int64, "Truncate": False})
+            count = self._node("Size", f"{layout}_real_count", [real_rows], {
+                "T": tf.int64, "out_type": tf.int32})                          # T_real
+            at_least_one = self._node("Maximum", f"{layout}_at_least_one", [
+                count, self._const("one", np.int32(1))], {"T": tf.int32})
+            blocks = self._node("FloorDiv", f"{layout}_blocks", [
+                self._node("AddV2", f"{layout}_round_up", [at_least_one, self._const(
+                    "multiple_minus_one", np.int32(ROW_MULTIPLE - 1))], {"T": tf.int32}),
+                self._const("multiple", np.int32(ROW_MULTIPLE))], {"T": tf.int32})
+            self.kept[layout] = self._node("Mul", f"{layout}_kept", [
+                blocks, self._const("multiple", np.int32(ROW_MULTIPLE))], {"T": tf.int32})
+            with_spare = self._node("ConcatV2", f"{layout}_with_spare", [
+                real_rows, self._const("spare_rows", np.zeros(ROW_MULTIPLE, np.int64)),
+                self._const("axis", np.int32(0))], {"T": tf.int64, "N": 2, "Tidx": tf.int32})
+            self.rows[layout] = self._node("Slice", f"{layout}_rows", [
+                with_spare, self._const("origin", np.zeros(1, np.int32)),
+                self._pack(f"{layout}_kept_1d", [self.kept[layout]])],
+                {"T": tf.int64, "Index": tf.int32})                            # [max(T_real, 1)]
         self.axis = self._const("axis", np.int32(0))
 
     def _const(self, name, value):
@@ -289,20 +317,38 @@ class _Indices:
             self.graph.dtype(values[-1])), "N": len(values), "axis": 0})
 
     def pack(self, tensor, dtype, layout, name):
-        """GatherV2 of the real rows: [rows, k] -> [T_real, k]."""
+        """GatherV2 of the real rows: [rows, k] -> [T_real, k] (a batch with no real
+        token keeps one row, a copy of row 0, so every tensor stays non-empty)."""
         return self.graph.add_node("GatherV2", name, [tensor, self.rows[layout], self.axis], {
             "Tparams": dtype, "Tindices": tf.int64, "Taxis": tf.int32, "batch_dims": 0}).name
 
     def unpack(self, tensor, dtype, width, layout, name):
-        """ScatterNd back to [rows, k], zeros at padding."""
+        """[T_real, k] -> [rows, k] by one GatherV2 of each row's packed index.
+        Attention's rows ("trim") read packed row 0 at padding; the outputs
+        ("full") read a zero row appended for them."""
         if layout == "full":
-            shape = self.graph.add_const(f"{name}/shape",
-                                         np.array([self.batch * self.seq, width], np.int64))
-        else:
-            shape = self._pack(f"trim_shape_{width}", [self.trim_tokens, self._const(
-                f"width_{width}", np.int64(width))])
-        return self.graph.add_node("ScatterNd", name, [self.where[layout], tensor, shape], {
-            "T": dtype, "Tindices": tf.int64}).name
+            zero = self._const(f"zero_row_{width}_{tf.as_dtype(dtype).name}",
+                               np.zeros((1, width), tf.as_dtype(dtype).as_numpy_dtype))
+            tensor = self.graph.add_node("ConcatV2", f"{name}/with_zero_row", [
+                tensor, zero, self.axis], {"T": dtype, "N": 2, "Tidx": tf.int32}).name
+        return self.graph.add_node("GatherV2", name, [tensor, self.inverse(layout), self.axis], {
+            "Tparams": dtype, "Tindices": tf.int32, "Taxis": tf.int32, "batch_dims": 0}).name
+
+    def inverse(self, layout):
+        """[rows] int32: each real row's packed index; at padding 0 for "trim"
+        and the appended zero row for "full"."""
+        key = ("inverse", layout)
+        if key not in self._cache:
+            flat = self.flat[layout]
+            counts = self._node("Cast", f"{layout}_ones", [flat], {
+                "SrcT": tf.bool, "DstT": tf.int32, "Truncate": False})
+            running = self._node("Cumsum", f"{layout}_running", [counts, self.axis], {
+                "T": tf.int32, "Tidx": tf.int32, "exclusive": True, "reverse": False})
+            padding = self.kept[layout] if layout == "full" else self._const(
+                "zero_index", np.int32(0))
+            self._cache[key] = self._node("SelectV2", f"{layout}_inverse", [
+                flat, running, padding], {"T": tf.int32})
+        return self._cache[key]
 
     def heads_shape(self, heads, size):
         """[B, L, N, H] for the attention head Reshapes."""
