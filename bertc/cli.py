@@ -270,7 +270,16 @@ def run():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "client" not in sys.argv[1:2]:  # the client speaks HTTP only
         _import_tensorflow_quietly()
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's parsing, with a bad flag reported on one line (absl prints two, 'FATAL ...')."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"bertc: error: {e}; see bertc --helpfull", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

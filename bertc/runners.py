@@ -43,7 +43,7 @@ class SessionRunner:
     """
 
     def __init__(self, graph_def, inputs: dict, outputs: dict, grappler: bool = False,
-                 lift: bool = True, constants=None):
+                 lift: bool = True, constants=None, config=None):
         weights = {}
         if lift:
             graph_def, weights = lift_weights(graph_def, constants)
@@ -52,7 +52,8 @@ class SessionRunner:
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
-        self._session = tf.compat.v1.Session(graph=self._graph, config=session_config(grappler))
+        self._session = tf.compat.v1.Session(graph=self._graph,
+                                             config=config or session_config(grappler))
         self._inputs = {n: self._graph.get_tensor_by_name(t) for n, t in inputs.items()}
         self._outputs = {n: self._graph.get_tensor_by_name(t) for n, t in outputs.items()}
         self._weights = {self._graph.get_tensor_by_name(f"{n}:0"): v for n, v in weights.items()}
@@ -89,13 +90,14 @@ def graph_def_runner(frozen: FrozenGraph, grappler: bool = False,
 
 
 def saved_model_runner(export_dir: str, grappler: bool = False,
-                       lift: bool = True) -> SessionRunner:
+                       lift: bool = True, config=None) -> SessionRunner:
     """A runner over the serving_default signature of a (constants-only) SavedModel,
     read with its weights detached (each held once).
 
-    Benchmarks pass grappler=True, lift=False: the model as a server runs it.
+    Benchmarks pass grappler=True, lift=False: the model as a server runs it
+    (`config`, a ConfigProto, replaces the session config altogether).
     """
     graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
     return SessionRunner(graph_def, {n: i.name for n, i in signature.inputs.items()},
                          {n: i.name for n, i in signature.outputs.items()}, grappler, lift,
-                         constants)
+                         constants, config)

@@ -243,3 +243,16 @@ def test_overwrite_replaces_an_artifact_atomically(tiny_ckpt, tmp_path, monkeypa
     assert set(bt.run_saved_model(os.path.join(output, f"seq_{SEQ}", "1"), feeds, BATCH)) == {
         "sequence_output"}
     assert os.listdir(tmp_path) == ["artifact"]  # no .partial-/.old- directories left
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["build", "--batch_size", "abc"], "--batch_size=abc"),
+    (["build", "--nosuchflag"], "nosuchflag"),
+    (["verify", "--verify_rows=x"], "--verify_rows=x"),
+])
+def test_a_flag_absl_cannot_parse_is_one_error_line(args, needle, tmp_path):
+    proc = bt.run_cli(*args, cwd=str(tmp_path))
+    bt.assert_one_error(proc, needle)
+    assert proc.returncode == 2
+    assert "FATAL" not in proc.stderr
+    assert os.listdir(tmp_path) == []
