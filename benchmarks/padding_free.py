@@ -13,7 +13,7 @@ and full-length batches (every row S real tokens: remove_padding's worst case)
 for the two bertc stacks.  Artifacts use the `sequence` head (the peers return
 the sequence output and the pooler).  benchmarks/throughput.py has the peers'
 runners; this script reuses them.  The stacks are timed in turns (a pass of
-each per round, best pass kept; see `interleaved_rates`).  Check the machine is
+each per round, best pass kept; see `throughput.interleaved_rates`).  Check the machine is
 quiet first (uptime); the load average is printed before and after.
 """
 
@@ -63,28 +63,6 @@ def full_length(batches, seed=0):
                     "input_mask": np.ones(shape, np.int32),
                     "segment_ids": np.zeros(shape, np.int32)})
     return out
-
-
-def interleaved_rates(runs, rounds, min_seconds):
-    """{label: inferences/s} of `runs` ({label: (fn, batches)}), timed in turns:
-    each round times one whole pass of every run, and a run's figure is its best
-    pass, so load that comes and goes on a shared machine hits every run alike
-    and the best passes are the quiet ones.  One warm-up pass each first."""
-    for fn, batches in runs.values():
-        for b in batches:
-            fn(b)
-    best = {label: 0.0 for label in runs}
-    start = time.perf_counter()
-    done = 0
-    while done < rounds or time.perf_counter() - start < min_seconds:
-        for label, (fn, batches) in runs.items():
-            rows = sum(len(b["input_ids"]) for b in batches)
-            t = time.perf_counter()
-            for b in batches:
-                fn(b)
-            best[label] = max(best[label], rows / (time.perf_counter() - t))
-        done += 1
-    return best
 
 
 def main():
@@ -139,7 +117,7 @@ def main():
                     run = throughput.torch_runner(model)
                     runs[("PyTorch BertModel", "mrpc")] = (run, batches)
                     runs[("PyTorch BertModel", "mrpc dynamic")] = (run, dynamic)
-            for (stack, traffic), value in interleaved_rates(runs, args.rounds,
+            for (stack, traffic), value in throughput.interleaved_rates(runs, args.rounds,
                                                              args.seconds).items():
                 rows.append({"model": name, "stack": stack, "traffic": traffic,
                              "inferences_per_s": value})

@@ -61,7 +61,6 @@ def session_config(remapper=True, xla=False, inter_op=None):
 def child(args):
     """Times every artifact under the settings of this process; prints one JSON line."""
     import throughput
-    from padding_free import interleaved_rates
     from bertc import runners
     jobs = json.loads(args.child)
     rng = np.random.default_rng(0)
@@ -80,7 +79,7 @@ def child(args):
             continue
         opened.append(runner)
         runs[job["key"]] = (runner, [batch] * 3)
-    rates = interleaved_rates(runs, args.rounds, 0.0) if runs else {}
+    rates = throughput.interleaved_rates(runs, args.rounds, 0.0) if runs else {}
     print(json.dumps({"gemm_gflops": throughput.gemm_gflops(), "rates": rates,
                       "failed": failed}), flush=True)
 

@@ -66,7 +66,13 @@ def test_inspect_checkpoint_runs_the_cpu_default(tiny_ckpt):
     report = inspection.inspect_path(tiny_ckpt, batch_size=BATCH, seq_len=SEQ)
     assert report["kind"] == "checkpoint"
     assert [s["name"] for s in report["sites"]] == list(rewriting.CPU_DEFAULT)
-    assert report["nodes_after"] < report["nodes_before"]
+    before, after = report["ops_before"], report["ops_after"]
+    assert sum(before.values()) == report["nodes_before"]
+    assert sum(after.values()) == report["nodes_after"]
+    # what the passes put in and took out, by op type
+    assert "_MklLayerNorm" in after and "_MklLayerNorm" not in before
+    assert after.get("Rsqrt", 0) < before["Rsqrt"]
+    assert after.get("Where", 0) == 2 and "Where" not in before  # remove_padding's indices
 
 
 def test_parameter_stats_counts_known_consts():
