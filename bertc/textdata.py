@@ -4,6 +4,8 @@ Every reader returns a list of `Pair` (label, text_a, text_b). Bad input is
 reported as a `BertcError` naming the file, the line and what was expected.
 """
 
+from __future__ import annotations
+
 import csv
 import dataclasses
 import os

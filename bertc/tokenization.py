@@ -8,10 +8,12 @@ with `[UNK]` and a 100-character word limit). Encoding into fixed-length
 longest-first truncation (ties drop a token from the second sentence).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
@@ -142,7 +144,7 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_vocab_file(cls, path: str | os.PathLike,
-                        do_lower_case: bool | None = None) -> "WordPieceTokenizer":
+                        do_lower_case: Optional[bool] = None) -> "WordPieceTokenizer":
         """Loads a vocab.txt; `do_lower_case=None` infers it from the vocab."""
         path = os.fspath(path)
         vocab = _read_vocab(path)
@@ -209,7 +211,7 @@ class WordPieceTokenizer:
         ids = [self._cls_id, *ids_a[:len_a], self._sep_id]
         return ids, len(ids), len_a != len(ids_a)
 
-    def encode(self, text_a: str, text_b: str | None = None,
+    def encode(self, text_a: str, text_b: Optional[str] = None,
                seq_len: int = 128) -> EncodedInput:
         """Encodes one example as `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`.
 
