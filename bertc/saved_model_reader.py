@@ -14,13 +14,16 @@ detached (see rewrites.graph), their values, and the `serving_default` signature
 """
 
 import io
+import os
 from typing import BinaryIO, Dict
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2
 
 import rewrites.graph
+from bertc.errors import BertcError
 from bertc.protowire import LENGTH_DELIMITED, fields
 
 _SAVED_MODEL_META_GRAPHS = 2
@@ -30,16 +33,37 @@ _GRAPH_DEF_NODE = 1
 
 def read_detached(export_dir: str, min_bytes: int = rewrites.graph.DETACH_MIN_BYTES):
     """(GraphDef with large Consts detached, {node name: value}, serving_default
-    SignatureDef) of the first MetaGraphDef of `export_dir`/saved_model.pb."""
-    with open(f"{export_dir}/saved_model.pb", "rb") as f:
-        f.seek(0, io.SEEK_END)
-        end = f.tell()
-        f.seek(0)
-        for number, wire, length, _ in fields(f, end):
-            if number == _SAVED_MODEL_META_GRAPHS and wire == LENGTH_DELIMITED:
-                return _read_meta_graph(f, f.tell() + length, min_bytes)
-            f.seek(length, io.SEEK_CUR)
-    raise ValueError(f"{export_dir}/saved_model.pb holds no MetaGraphDef")
+    SignatureDef) of the first MetaGraphDef of `export_dir`/saved_model.pb.
+
+    Raises BertcError (one line, naming the file) for a missing, truncated or
+    corrupt file."""
+    path = os.path.join(export_dir, "saved_model.pb")
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, io.SEEK_END)
+            end = f.tell()
+            f.seek(0)
+            for number, wire, length, _ in fields(f, end):
+                if number == _SAVED_MODEL_META_GRAPHS and wire == LENGTH_DELIMITED:
+                    if f.tell() + length > end:
+                        raise EOFError(f"a MetaGraphDef of {length} bytes at offset "
+                                       f"{f.tell()} runs past the end ({end} bytes)")
+                    graph_def, constants, signature = _read_meta_graph(
+                        f, f.tell() + length, min_bytes)
+                    break
+                f.seek(length, io.SEEK_CUR)
+            else:
+                raise ValueError("no MetaGraphDef")
+    except OSError as e:
+        raise BertcError(f"{path}: cannot read ({e.strerror or e}); expected the "
+                         "SavedModel of a bertc artifact") from None
+    except (EOFError, ValueError, DecodeError) as e:
+        raise BertcError(f"{path}: truncated or corrupt SavedModel ({str(e).splitlines()[0]}); "
+                         "rebuild the artifact") from None
+    if not signature.outputs:
+        raise BertcError(f"{path}: no 'serving_default' signature; expected a SavedModel "
+                         "written by bertc build")
+    return graph_def, constants, signature
 
 
 def _read_meta_graph(f: BinaryIO, end: int, min_bytes: int):

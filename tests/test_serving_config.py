@@ -107,6 +107,16 @@ def test_artifact_errors_name_the_path(tmp_path):
         artifact_lib.load_artifact(art.path)
 
 
+def test_a_corrupt_saved_model_is_one_error_naming_the_file(tmp_path):
+    from bertc.serving import replica
+    art = _fake_artifact(tmp_path / "e")
+    pb = os.path.join(art.path, "seq_8", "1", "saved_model.pb")
+    with open(pb, "wb") as f:
+        f.write(b"\x12\xff\xff\xff\x0f" + b"\x00" * 16)  # meta_graphs, length past the end
+    with pytest.raises(BertcError, match=r"seq_8/1/saved_model.pb: truncated or corrupt"):
+        replica.SessionModel(art, 1)
+
+
 def test_bucket_for_picks_the_smallest_that_fits(tmp_path):
     art = _fake_artifact(tmp_path / "d")
     art = dataclasses.replace(art, seq_lens=(32, 64, 128))

@@ -24,8 +24,9 @@ def _build(ckpt, out, verify=True):
 
 @pytest.fixture(scope="module")
 def verify_runs(tmp_path_factory):
-    """Three artifacts of one tiny classifier checkpoint (exact / tampered / source
-    changed), then `bertc verify` on each, run together; name -> (proc, artifact)."""
+    """Four artifacts of one tiny classifier checkpoint (exact / tampered / source
+    changed / truncated), then `bertc verify` on each, run together; name -> (proc,
+    artifact)."""
     root = str(tmp_path_factory.mktemp("verify"))
     cfg = bt.tiny_config(hidden=30, heads=3, layers=1, vocab=72, max_pos=32)
     weights = bt.random_weights(cfg, seed=21, num_labels=3)
@@ -55,11 +56,19 @@ def verify_runs(tmp_path_factory):
     bt.write_google_checkpoint(moved_ckpt, cfg, perturbed)
     runs["source_changed"] = (["verify", moved, "--verify_rows", "4"], moved)
 
+    # Truncated: the SavedModel file cut in half (a disk filled up mid-copy).
+    truncated = os.path.join(root, "truncated")
+    shutil.copytree(exact, truncated)
+    pb = os.path.join(truncated, f"seq_{SEQ}", "1", "saved_model.pb")
+    with open(pb, "r+b") as f:
+        f.truncate(os.path.getsize(pb) // 2)
+    runs["truncated"] = (["verify", truncated, "--verify_rows", "4"], truncated)
+
     def run(args):
         return subprocess.run(bt.cli_command(*args), cwd=bt.REPO_ROOT, capture_output=True,
                               text=True, timeout=300, env=bt.cli_env())
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = {name: pool.submit(run, args) for name, (args, _) in runs.items()}
         return {name: (f.result(), runs[name][1]) for name, f in futures.items()}
 
@@ -101,6 +110,13 @@ def test_verify_refuses_a_changed_source_checkpoint(verify_runs):
     line = bt.assert_one_error(proc, "sha256", "bert_model.ckpt")
     assert "ckpt_moved" in line
     assert "verify: PASSED" not in proc.stdout and "verify: FAILED" not in proc.stdout
+
+
+def test_verify_reports_a_truncated_saved_model_in_one_line(verify_runs):
+    proc, artifact = verify_runs["truncated"]
+    line = bt.assert_one_error(proc, "saved_model.pb", "truncated or corrupt")
+    assert artifact in line
+    assert "verify: PASSED" not in proc.stdout
 
 
 # --------------------------------------------------------------------------- verify_runners

@@ -29,6 +29,7 @@ class SessionModel:
 
     def __init__(self, art, intra_op_threads: int):
         import tensorflow as tf
+        from google.protobuf.message import DecodeError
         from tensorflow.core.protobuf import saved_model_pb2
         self._input_names = list(art.inputs)
         self._calls = {}
@@ -42,8 +43,12 @@ class SessionModel:
             export_dir = art.saved_model_dir(seq_len)
             path = os.path.join(export_dir, "saved_model.pb")
             saved = saved_model_pb2.SavedModel()
-            with open(path, "rb") as f:
-                saved.ParseFromString(f.read())
+            try:
+                with open(path, "rb") as f:
+                    saved.ParseFromString(f.read())
+            except DecodeError as e:
+                raise BertcError(f"{path}: truncated or corrupt SavedModel ({e}); rebuild "
+                                 "the artifact") from None
             meta = saved.meta_graphs[0]
             if SIGNATURE_KEY not in meta.signature_def:
                 raise BertcError(f"{path}: no '{SIGNATURE_KEY}' signature; expected a "
