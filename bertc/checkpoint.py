@@ -99,7 +99,7 @@ def find_checkpoint_prefix(ckpt_dir: str) -> str:
 def read_tf_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
     """All non-ignored tensors of a TF1 name-based checkpoint, as float32 arrays."""
     import tensorflow as tf
-    from rewrites.graph import aligned_empty
+    from rewrites.constants import aligned_empty
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()

@@ -14,7 +14,7 @@ applied by whatever runtime serves it). A runner is called with {input name: int
 import tensorflow as tf
 
 import rewrites
-import rewrites.graph
+import rewrites.constants
 from bertc import saved_model_reader
 from bertc.freeze import FrozenGraph
 
@@ -33,7 +33,7 @@ def lift_weights(graph_def, constants=None, min_bytes: int = LIFT_MIN_BYTES):
     {node name: value}); the input is untouched."""
     light, values = rewrites.detach_constants(graph_def, min_bytes)
     values.update(constants or {})
-    return rewrites.graph.consts_as_placeholders(light, values), values
+    return rewrites.constants.consts_as_placeholders(light, values), values
 
 
 class SessionRunner:

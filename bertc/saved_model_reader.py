@@ -22,7 +22,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2
 
-import rewrites.graph
+import rewrites.constants
 from bertc.errors import BertcError
 from bertc.protowire import LENGTH_DELIMITED, fields
 
@@ -31,7 +31,7 @@ _META_GRAPH_GRAPH_DEF = 2
 _GRAPH_DEF_NODE = 1
 
 
-def read_detached(export_dir: str, min_bytes: int = rewrites.graph.DETACH_MIN_BYTES):
+def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MIN_BYTES):
     """(GraphDef with large Consts detached, {node name: value}, serving_default
     SignatureDef) of the first MetaGraphDef of `export_dir`/saved_model.pb.
 
@@ -85,10 +85,10 @@ def _read_graph_def(f: BinaryIO, end: int, graph_def, constants, min_bytes: int)
     for number, wire, length, tag in fields(f, end):
         if number == _GRAPH_DEF_NODE and wire == LENGTH_DELIMITED:
             node = tf.compat.v1.NodeDef.FromString(f.read(length))
-            if rewrites.graph.detachable(node, min_bytes):
+            if rewrites.constants.detachable(node, min_bytes):
                 tensor = node.attr["value"].tensor
-                constants[node.name] = rewrites.graph.tensor_value(tensor)
-                tensor.CopyFrom(rewrites.graph.shape_only_tensor(tensor))
+                constants[node.name] = rewrites.constants.tensor_value(tensor)
+                tensor.CopyFrom(rewrites.constants.shape_only_tensor(tensor))
             graph_def.node.add().CopyFrom(node)
         else:
             rest += tag + (f.read(length) if wire == LENGTH_DELIMITED else b"")

@@ -17,8 +17,8 @@ values, never node names, so they work on BERT graphs built by other code.
 from typing import List
 
 from rewrites import registry
-from rewrites.graph import (GraphValidationError, attach_constants, detach_constants,
-                            validate)
+from rewrites.constants import attach_constants, detach_constants
+from rewrites.graph import GraphValidationError, validate
 from rewrites.pipeline import NoMatchError, PassReport, PipelineResult, run
 
 __all__ = ["run", "available_passes", "describe", "validate", "NoMatchError",

@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from rewrites.base import RewritePass
-from rewrites.graph import (Graph, GraphDef, attached_node, is_stateful, parse_input,
-                            tensor_name)
+from rewrites.constants import attached_node
+from rewrites.graph import Graph, GraphDef, is_stateful, parse_input, tensor_name
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,9 @@ static shapes: from a node's `_output_shapes`, a Const's value, a Placeholder's
 the graph (large constants become Placeholders of the same shape and dtype, so
 Reshape targets and reduction axes still fold).
 
-Large constants may be *detached*: the GraphDef's Const keeps its dtype and shape
-but not its value, which lives in a `{node name: ndarray}` map beside it
-(`detach_constants` splits a graph so, `attach_constants` joins it again).  Passes
-read and write values through `Graph` and never see the difference; a detached
-pipeline holds each weight once, as the caller's own array (BERT-Large: 1.3 GB
-instead of a copy per pass).
+Large constants may be *detached* (see rewrites.constants): the GraphDef's Const
+keeps its dtype and shape, its value lives in a `{node name: ndarray}` map beside
+it.  Passes read and write values through `Graph` and never see the difference.
 
 Tensors are named as in GraphDef inputs: `name` for port 0, `name:port` else.
 """
@@ -24,8 +21,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
 from tensorflow.python.framework import op_def_registry
+
+from rewrites import constants as constants_lib
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +32,6 @@ NodeDef = tf.compat.v1.NodeDef
 
 #: Constants at most this many elements stay in the copy used for shape inference.
 _SHAPE_INFERENCE_CONST_LIMIT = 4096
-#: Constants of at least this many bytes are detached (weights, not shapes or axes).
-DETACH_MIN_BYTES = 1 << 16
 
 
 class GraphValidationError(ValueError):
@@ -125,7 +121,7 @@ class Graph:
       copy: False hands the GraphDef over (the pipeline does so for its own
         intermediate graphs, saving one weight-sized copy per pass); its nodes are
         then edited in place.
-      constants: the values of the graph's detached Consts (see the module doc);
+      constants: the values of the graph's detached Consts (rewrites.constants);
         given, the graph works detached: new constants of DETACH_MIN_BYTES or
         more are detached too, and `constants` holds the values of the result.
         The map is copied unless `copy` is False (the arrays never are: passes
@@ -351,10 +347,11 @@ class Graph:
         self._const_cache.pop(node.name, None)
         self._detached.pop(node.name, None)
         if self.detached:
-            array = np.asarray(value, dtype=None if dtype is None else tf.as_dtype(dtype).as_numpy_dtype)
-            if array.nbytes >= DETACH_MIN_BYTES:
+            array = np.asarray(value, dtype=None if dtype is None
+                               else tf.as_dtype(dtype).as_numpy_dtype)
+            if array.nbytes >= constants_lib.DETACH_MIN_BYTES:
                 node.attr["dtype"].type = tf.as_dtype(array.dtype).as_datatype_enum
-                node.attr["value"].tensor.CopyFrom(shape_only_proto(array))
+                node.attr["value"].tensor.CopyFrom(constants_lib.shape_only_proto(array))
                 self._detached[node.name] = array
                 return
         proto = tf.make_tensor_proto(value, dtype=dtype)
@@ -438,120 +435,6 @@ class Graph:
         return out
 
 
-def shape_only_proto(array: np.ndarray):
-    """A TensorProto with the dtype and shape of `array` and no value."""
-    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum)
-    proto.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
-    return proto
-
-
-def shape_only_tensor(proto):
-    """A TensorProto with the dtype and shape of `proto` and no value."""
-    out = type(proto)(dtype=proto.dtype)
-    out.tensor_shape.CopyFrom(proto.tensor_shape)
-    return out
-
-
-#: TensorFlow uses a fed array's memory in place only at this alignment (else copies).
-TF_ALIGNMENT = 64
-
-
-def tensor_value(proto) -> np.ndarray:
-    """tf.make_ndarray, but a packed value lands in a TF_ALIGNMENT-aligned array,
-    so feeding it to a Session or wrapping it in a tf.Tensor copies nothing."""
-    if not proto.tensor_content:
-        return tf.make_ndarray(proto)
-    dtype = tf.as_dtype(proto.dtype).as_numpy_dtype
-    shape = [d.size for d in proto.tensor_shape.dim]
-    content = proto.tensor_content  # one transient bytes copy out of the protobuf
-    out = aligned_empty(shape, dtype)
-    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(content, np.uint8)
-    return out
-
-
-def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised array whose data is TF_ALIGNMENT-aligned, in memory numpy
-    owns (not TensorFlow's allocator, which keeps what it frees)."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + TF_ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % TF_ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def detachable(node: NodeDef, min_bytes: int = DETACH_MIN_BYTES) -> bool:
-    """True for a Const whose packed value has at least `min_bytes` bytes."""
-    return node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= min_bytes
-
-
-def detach_constants(graph_def: GraphDef, min_bytes: int = DETACH_MIN_BYTES
-                     ) -> Tuple[GraphDef, Dict[str, np.ndarray]]:
-    """(copy of `graph_def` with its large Consts detached, {name: value}).
-    The input is not modified."""
-    light = GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        light.library.CopyFrom(graph_def.library)
-    values = {}
-    for node in graph_def.node:
-        copy = light.node.add()
-        if detachable(node, min_bytes):
-            values[node.name] = tensor_value(node.attr["value"].tensor)
-            copy.name, copy.op = node.name, node.op
-            copy.input.extend(node.input)
-            for key in node.attr:
-                if key != "value":
-                    copy.attr[key].CopyFrom(node.attr[key])
-            copy.attr["value"].tensor.CopyFrom(shape_only_tensor(node.attr["value"].tensor))
-        else:
-            copy.CopyFrom(node)
-    return light, values
-
-
-def attached_node(node: NodeDef, constants: Dict[str, np.ndarray]) -> NodeDef:
-    """`node` itself, or for a detached Const a copy holding its value."""
-    value = constants.get(node.name)
-    if value is None or node.op != "Const":
-        return node
-    full = NodeDef()
-    full.CopyFrom(node)
-    tensor = full.attr["value"].tensor
-    tensor.tensor_content = np.ascontiguousarray(value).tobytes()
-    return full
-
-
-def attach_constants(graph_def: GraphDef, constants: Dict[str, np.ndarray]) -> GraphDef:
-    """A copy of a detached `graph_def` with every value in place again."""
-    full = GraphDef()
-    full.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        full.library.CopyFrom(graph_def.library)
-    for node in graph_def.node:
-        full.node.add().CopyFrom(attached_node(node, constants))
-    return full
-
-
-def consts_as_placeholders(graph_def: GraphDef, names: Iterable[str],
-                           nodes: Optional[Iterable[NodeDef]] = None) -> GraphDef:
-    """A copy of `graph_def` (or of its versions and library with `nodes`) in which
-    the Consts `names` are Placeholders of the same dtype and shape (to be fed
-    their values, or for shape inference)."""
-    names = set(names)
-    light = GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        light.library.CopyFrom(graph_def.library)
-    for node in graph_def.node if nodes is None else nodes:
-        if node.name in names and node.op == "Const":
-            proto = node.attr["value"].tensor
-            stub = light.node.add(op="Placeholder", name=node.name)
-            stub.attr["dtype"].type = proto.dtype
-            stub.attr["shape"].shape.CopyFrom(proto.tensor_shape)
-        else:
-            light.node.add().CopyFrom(node)
-    return light
-
-
 def make_attr(value) -> tf.compat.v1.AttrValue:
     """An AttrValue from a Python value (AttrValue passes through)."""
     attr = tf.compat.v1.AttrValue
@@ -579,7 +462,7 @@ def _infer_shapes(nodes, graph_def: GraphDef) -> Dict[str, tuple]:
     large = [n.name for n in nodes if n.op == "Const" and int(np.prod(
         [d.size for d in n.attr["value"].tensor.tensor_shape.dim], dtype=np.int64))
         > _SHAPE_INFERENCE_CONST_LIMIT]
-    light = consts_as_placeholders(graph_def, large, nodes)
+    light = constants_lib.consts_as_placeholders(graph_def, large, nodes)
     result = {}
     graph = tf.Graph()
     try:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import rewrites
-import rewrites.graph
+import rewrites.constants
 import rewrite_graphs as rg
 from bertc import export, freeze, modeling, rewriting, saved_model_reader
 
@@ -42,7 +42,7 @@ def test_detach_then_attach_is_the_identity():
     assert values, "the test graph must have constants over the threshold"
     assert light.ByteSize() < frozen.graph_def.ByteSize() - sum(v.nbytes for v in values.values())
     for name, value in values.items():
-        assert value.ctypes.data % rewrites.graph.TF_ALIGNMENT == 0, name
+        assert value.ctypes.data % rewrites.constants.TF_ALIGNMENT == 0, name
     graphs_equal(rewrites.attach_constants(light, values), frozen.graph_def)
 
 
@@ -53,7 +53,7 @@ def test_detach_then_attach_is_the_identity():
     ["tanh_gelu", "cpu_embeddings"],
 ])
 def test_detached_pipeline_gives_the_embedded_result(passes, monkeypatch):
-    monkeypatch.setattr(rewrites.graph, "DETACH_MIN_BYTES", SMALL)  # new constants too
+    monkeypatch.setattr(rewrites.constants, "DETACH_MIN_BYTES", SMALL)  # new constants too
     frozen = rg.tiny_frozen("pooled")
     protected = rg.protected(frozen)
     options = rewriting.pass_options("float16", False, "cpu")
@@ -64,7 +64,7 @@ def test_detached_pipeline_gives_the_embedded_result(passes, monkeypatch):
     assert [r.sites for r in detached.reports] == [r.sites for r in embedded.reports]
     assert all(n in {m.name for m in detached.graph_def.node} for n in detached.constants)
     large_embedded = [n.name for n in detached.graph_def.node
-                      if rewrites.graph.detachable(n, SMALL)]
+                      if rewrites.constants.detachable(n, SMALL)]
     assert not large_embedded, f"new constants left embedded: {large_embedded[:3]}"
     graphs_equal(rewrites.attach_constants(detached.graph_def, detached.constants),
                  embedded.graph_def)
@@ -111,5 +111,5 @@ def test_checkpoint_weights_are_aligned_numpy_memory(tmp_path):
     weights = checkpoint.load_checkpoint(str(tmp_path), checksums=False).weights
     for name, value in weights.items():
         assert value.dtype == np.float32 and value.flags.c_contiguous, name
-        assert value.ctypes.data % rewrites.graph.TF_ALIGNMENT == 0, name
+        assert value.ctypes.data % rewrites.constants.TF_ALIGNMENT == 0, name
         assert type(value.base) is np.ndarray, f"{name} is not numpy-owned memory"
