@@ -66,7 +66,8 @@ def _from_artifact(path: str) -> dict:
     entry = doc["models"][0]
     ckpt = builder.load_source(verify_artifact.source_options(doc), checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
-    before = freeze.freeze_model(model, doc["head"], doc["batch_size"], entry["seq_len"])
+    before = freeze.freeze_model(model, doc["head"], doc["batch_size"], entry["seq_len"],
+                                 detach=True)
     after, _, _ = saved_model_reader.read_detached(os.path.join(path, entry["path"]))
     sites = doc["rewrites"]["per_seq_len"].get(str(entry["seq_len"]), [])
     return {"kind": "artifact", "head": doc["head"], "seq_len": entry["seq_len"],
@@ -78,7 +79,7 @@ def _from_checkpoint(path: str, batch_size: int, seq_len: int) -> dict:
     ckpt = checkpoint.load_checkpoint(path, checksums=False)
     head = modeling.default_head(ckpt.weights, ckpt.hints)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
-    before = freeze.freeze_model(model, head, batch_size, seq_len)
+    before = freeze.freeze_model(model, head, batch_size, seq_len, detach=True)
     passes = rewriting.for_head(rewriting.resolve(target="cpu"), head)
     after, sites = rewriting.apply(before, passes, rewriting.pass_options())
     return {"kind": "checkpoint", "head": head, "seq_len": seq_len, "batch_size": batch_size,
