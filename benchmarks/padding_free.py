@@ -90,8 +90,7 @@ def main():
 
             print(f"{name}: {len(batches)} MRPC batches of [{b}, {s}], {100 * real:.0f}% real "
                   f"tokens", flush=True)
-            base = [p for p in rewriting.CPU_DEFAULT if p not in ("remove_padding",
-                                                                  "cls_only_tail")]
+            base = list(rewriting.EXACT_FUSIONS)
             runs, closers = {}, []
             for label, passes in (("cpu default", base), ("cpu default + remove_padding",
                                                          base + ["remove_padding"])):

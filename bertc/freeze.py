@@ -5,8 +5,8 @@ freezing takes the traced graph's GraphDef and either writes each weight into it
 node, or, detached (what `bertc build` does), leaves the values in
 `FrozenGraph.constants`, the model's own arrays, so no weight is copied: the
 rewrite pipeline, the exporter and the runners take both forms (see
-rewrites.graph on detached constants). The graph's boundary: inputs are the Placeholders `input_ids`, `input_mask`, `segment_ids` (int32
-[B, S]); each output is the node named after it (`sequence_output`,
+rewrites.constants). The graph's boundary: inputs are the Placeholders
+`input_ids`, `input_mask`, `segment_ids` (int32 [B, S]); each output is the node named after it (`sequence_output`,
 `pooled_output`, `logits`, `probabilities`, `embedding`), with its dtype and
 static shape recorded for the serving signature.
 """

@@ -2,7 +2,8 @@
 numerics is named.
 
 The artifact's passes (from its manifest) are applied to the unrewritten reference
-one prefix at a time: passes[:1], passes[:2], ...; after each prefix the graph runs
+one prefix at a time: passes[:1], passes[:2], ... (each prefix's graph is the
+previous one with one more pass run on it); after each prefix the graph runs
 on the same inputs as `bertc verify` and is compared with the reference (max abs,
 min cosine, argmax agreement per output). The reference runs once.
 """
@@ -20,12 +21,15 @@ def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,
     """[{'pass', 'sites', 'outputs': {name: stats}}] for each prefix of `passes`."""
     want = verify_lib.run_all(lambda: runners.graph_def_runner(reference), batches)
     rows = []
-    for k in range(1, len(passes) + 1):
-        rewritten, reports = rewriting.apply(reference, passes[:k], options)
+    rewritten = reference
+    for k, name in enumerate(passes):
+        # passes[:k + 1] is passes[:k]'s graph with one more pass run on it; the
+        # intermediate graphs are ours to hand over, the reference is not
+        rewritten, reports = rewriting.apply(rewritten, [name], options, consume=k > 0)
         got = verify_lib.run_all(lambda: runners.graph_def_runner(rewritten), batches)
         stats = verify_lib.compare_results(got, want, batches)
-        rows.append({"pass": passes[k - 1], "sites": reports[-1]["sites"], "outputs": stats})
-        logging.info("per-pass %-16s sites %3d  %s", passes[k - 1], reports[-1]["sites"],
+        rows.append({"pass": name, "sites": reports[-1]["sites"], "outputs": stats})
+        logging.info("per-pass %-16s sites %3d  %s", name, reports[-1]["sites"],
                      "  ".join(f"{n}: max_abs {s['max_abs']:.3g} min_cos {s['min_cos']:.6f}"
                                for n, s in stats.items()))
     return rows

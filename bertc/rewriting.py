@@ -13,17 +13,21 @@ from typing import List, Sequence
 from bertc.errors import BertcError
 from bertc.freeze import FrozenGraph
 
-#: Passes the Neuron compiler cannot take: shape-changing ones, and fused_layernorm,
-#: which emits TensorFlow's x86-only _MklLayerNorm.
-CPU_ONLY_PASSES = ("remove_padding", "cls_only_tail", "fused_layernorm")
-#: The CPU target's default pipeline: exact passes only (see BUILD_NOTES.md, BENCHMARKS.md).
-#: remove_padding: 2.1x on BERT-Base MRPC traffic at [4, 128], 0.97x at full length;
-#: cls_only_tail cuts only pooled/classifier heads (benchmarks/padding_free.py).
-CPU_DEFAULT = ("strip_unused", "fold_constants", "fused_attention", "fused_layernorm",
-               "cls_only_tail", "remove_padding")
+#: Passes the Neuron compiler cannot take, and why (logged when they are skipped).
+CPU_ONLY_PASSES = {
+    "remove_padding": "it changes shapes inside the graph; use sequence buckets there",
+    "cls_only_tail": "it changes shapes inside the graph",
+    "fused_layernorm": "_MklLayerNorm is an x86 TensorFlow op",
+}
+#: The exact passes that keep every shape of the graph.
+EXACT_FUSIONS = ("strip_unused", "fold_constants", "fused_attention", "fused_layernorm")
 #: Shape-changing passes run after every other pass, in this order (the other
 #: passes match the unpacked graph; remove_padding packs what cls_only_tail left).
 RUN_LAST = ("cls_only_tail", "remove_padding")
+#: The CPU target's default pipeline: exact passes only (see BUILD_NOTES.md, BENCHMARKS.md).
+#: remove_padding: 2.2x on BERT-Base MRPC traffic at [4, 128], 1.00x at full length;
+#: cls_only_tail cuts only pooled/classifier heads (benchmarks/padding_free.py).
+CPU_DEFAULT = EXACT_FUSIONS + RUN_LAST
 #: Then these, in this order: half precision hides the float32 patterns the other
 #: passes match; cpu_embeddings reports the final graph's node names for Neuron.
 RUN_FINAL = ("mixed_precision", "cpu_embeddings")
@@ -58,8 +62,8 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     if target == "neuron":
         skipped = [n for n in ordered if n in CPU_ONLY_PASSES]
         for name in skipped:
-            logging.warning("rewrite %s changes shapes inside the graph and is skipped on "
-                            "--target neuron (use sequence buckets there)", name)
+            logging.warning("rewrite %s is CPU-only (%s) and is skipped on --target neuron",
+                            name, CPU_ONLY_PASSES[name])
         ordered = [n for n in ordered if n not in CPU_ONLY_PASSES]
     _check_known(ordered)
     return ordered

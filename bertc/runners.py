@@ -25,10 +25,8 @@ def session_config(grappler: bool = False):
     return config
 
 
-LIFT_MIN_BYTES = 1 << 16
-
-
-def lift_weights(graph_def, constants=None, min_bytes: int = LIFT_MIN_BYTES):
+def lift_weights(graph_def, constants=None,
+                 min_bytes: int = rewrites.constants.DETACH_MIN_BYTES):
     """(copy of graph_def whose large and detached Consts are Placeholders,
     {node name: value}); the input is untouched."""
     light, values = rewrites.detach_constants(graph_def, min_bytes)

@@ -101,14 +101,9 @@ def compare_results(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.nd
         if name not in got[0]:
             raise BertcError(f"artifact has no output '{name}'; expected the outputs "
                              f"{', '.join(sorted(want[0]))}")
-        report[name] = compare_outputs(name, [g[name] for g in got], [w[name] for w in want],
-                                       mask)
+        report[name] = _compare(name, np.concatenate([g[name] for g in got]),
+                                np.concatenate([w[name] for w in want]), mask)
     return report
-
-
-def compare_outputs(name: str, got: list, want: list, mask: np.ndarray) -> dict:
-    """Error statistics of one output over per-batch arrays (dummy rows already cut)."""
-    return _compare(name, np.concatenate(got), np.concatenate(want), mask)
 
 
 def check(report: Dict[str, dict], thresholds: dict) -> List[str]:

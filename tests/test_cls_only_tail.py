@@ -21,7 +21,7 @@ from bertc import rewriting
 LAYERS = 2
 BATCH, SEQ = 4, 8
 EXACT = 1e-5
-CPU_DEFAULT = ["strip_unused", "fold_constants", "fused_attention", "fused_layernorm"]
+CPU_DEFAULT = list(rewriting.EXACT_FUSIONS)
 
 
 def _feeds():

@@ -17,12 +17,12 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc import freeze, modeling
+from bertc import freeze, modeling, rewriting
 
 LAYERS = 2
 BATCH, SEQ = 4, 8
 EXACT = 1e-5
-CPU_DEFAULT = ["strip_unused", "fold_constants", "fused_attention", "fused_layernorm"]
+CPU_DEFAULT = list(rewriting.EXACT_FUSIONS)
 
 
 def mixed_feeds(batch=BATCH, seq=SEQ, vocab=64, seed=1):
@@ -217,7 +217,6 @@ def test_minilm_against_hugging_face(minilm_mixed):
 # ------------------------------------------------------------------ bertc build
 def test_build_with_remove_padding_verifies(tiny_ckpt, tmp_path):
     import bertc
-    from bertc import rewriting
     result = bertc.build(bertc.BuildOptions(
         output=str(tmp_path / "art"), ckpt=tiny_ckpt, head="pooled", batch_size=4,
         seq_lens=(16,), rewrites=["remove_padding", "cls_only_tail"], verify=True,

@@ -21,16 +21,15 @@ from bertc.serving.batcher import Batch, Batcher
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_KEY = "serving_default"
-
 
 class SessionModel:
     """All buckets of an artifact in one Session: run(seq_len, [B, S] inputs) -> outputs."""
 
     def __init__(self, art, intra_op_threads: int):
         import tensorflow as tf
-        from google.protobuf.message import DecodeError
-        from tensorflow.core.protobuf import saved_model_pb2
+
+        import rewrites
+        from bertc import saved_model_reader
         self._input_names = list(art.inputs)
         self._calls = {}
         self._output_names = {}
@@ -42,21 +41,12 @@ class SessionModel:
         for seq_len in art.seq_lens:
             export_dir = art.saved_model_dir(seq_len)
             path = os.path.join(export_dir, "saved_model.pb")
-            saved = saved_model_pb2.SavedModel()
-            try:
-                with open(path, "rb") as f:
-                    saved.ParseFromString(f.read())
-            except DecodeError as e:
-                raise BertcError(f"{path}: truncated or corrupt SavedModel ({e}); rebuild "
-                                 "the artifact") from None
-            meta = saved.meta_graphs[0]
-            if SIGNATURE_KEY not in meta.signature_def:
-                raise BertcError(f"{path}: no '{SIGNATURE_KEY}' signature; expected a "
-                                 "SavedModel written by bertc build")
-            signature = meta.signature_def[SIGNATURE_KEY]
+            graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
             scope = f"seq_{seq_len}"
             with graph.as_default():
-                tf.compat.v1.import_graph_def(meta.graph_def, name=scope)
+                tf.compat.v1.import_graph_def(rewrites.attach_constants(graph_def, constants),
+                                              name=scope)
+            del graph_def, constants
             try:
                 feeds = [graph.get_tensor_by_name(f"{scope}/{signature.inputs[n].name}")
                          for n in self._input_names]
