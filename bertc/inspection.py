@@ -68,7 +68,8 @@ def _from_artifact(path: str) -> dict:
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     before = freeze.freeze_model(model, doc["head"], doc["batch_size"], entry["seq_len"],
                                  detach=True)
-    after, _, _ = saved_model_reader.read_detached(os.path.join(path, entry["path"]))
+    after, _, _ = saved_model_reader.read_detached(os.path.join(path, entry["path"]),
+                                                   with_values=False)
     sites = doc["rewrites"]["per_seq_len"].get(str(entry["seq_len"]), [])
     return {"kind": "artifact", "head": doc["head"], "seq_len": entry["seq_len"],
             "batch_size": doc["batch_size"], "before": before.graph_def, "after": after,

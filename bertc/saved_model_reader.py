@@ -31,9 +31,12 @@ _META_GRAPH_GRAPH_DEF = 2
 _GRAPH_DEF_NODE = 1
 
 
-def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MIN_BYTES):
+def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MIN_BYTES,
+                  with_values: bool = True):
     """(GraphDef with large Consts detached, {node name: value}, serving_default
     SignatureDef) of the first MetaGraphDef of `export_dir`/saved_model.pb.
+    with_values=False reads the structure only: the map stays empty and no
+    weight is allocated (for inspection).
 
     Raises BertcError (one line, naming the file) for a missing, truncated or
     corrupt file."""
@@ -49,7 +52,7 @@ def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MI
                         raise EOFError(f"a MetaGraphDef of {length} bytes at offset "
                                        f"{f.tell()} runs past the end ({end} bytes)")
                     graph_def, constants, signature = _read_meta_graph(
-                        f, f.tell() + length, min_bytes)
+                        f, f.tell() + length, min_bytes, with_values)
                     break
                 f.seek(length, io.SEEK_CUR)
             else:
@@ -66,28 +69,31 @@ def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MI
     return graph_def, constants, signature
 
 
-def _read_meta_graph(f: BinaryIO, end: int, min_bytes: int):
+def _read_meta_graph(f: BinaryIO, end: int, min_bytes: int, with_values: bool):
     meta = meta_graph_pb2.MetaGraphDef()
     graph_def = tf.compat.v1.GraphDef()
     constants: Dict[str, np.ndarray] = {}
     rest = bytearray()  # every field but graph_def, re-parsed in one go
     for number, wire, length, tag in fields(f, end):
         if number == _META_GRAPH_GRAPH_DEF and wire == LENGTH_DELIMITED:
-            _read_graph_def(f, f.tell() + length, graph_def, constants, min_bytes)
+            _read_graph_def(f, f.tell() + length, graph_def, constants, min_bytes,
+                            with_values)
         else:
             rest += tag + (f.read(length) if wire == LENGTH_DELIMITED else b"")
     meta.ParseFromString(bytes(rest))
     return graph_def, constants, meta.signature_def["serving_default"]
 
 
-def _read_graph_def(f: BinaryIO, end: int, graph_def, constants, min_bytes: int) -> None:
+def _read_graph_def(f: BinaryIO, end: int, graph_def, constants, min_bytes: int,
+                    with_values: bool) -> None:
     rest = bytearray()
     for number, wire, length, tag in fields(f, end):
         if number == _GRAPH_DEF_NODE and wire == LENGTH_DELIMITED:
             node = tf.compat.v1.NodeDef.FromString(f.read(length))
             if rewrites.constants.detachable(node, min_bytes):
                 tensor = node.attr["value"].tensor
-                constants[node.name] = rewrites.constants.tensor_value(tensor)
+                if with_values:
+                    constants[node.name] = rewrites.constants.tensor_value(tensor)
                 tensor.CopyFrom(rewrites.constants.shape_only_tensor(tensor))
             graph_def.node.add().CopyFrom(node)
         else:
