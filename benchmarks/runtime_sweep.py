@@ -2,7 +2,7 @@
 
   .venv/bin/python benchmarks/runtime_sweep.py --models minilm,base [--rounds 3]
       [--passes "none;strip_unused,fold_constants;fused_attention;fused_layernorm;default"]
-      [--settings tf_defaults,onednn_off,remapper_off,xla,inter_op_1]
+      [--settings tf_defaults,onednn_off,avx2_tf_defaults,avx2_bertc,remapper_off,xla,inter_op_1]
 
 Builds one artifact per model and pass list (`default` is the CPU target's default
 for the head), at [4, 128], and times each on full-length rows under each runtime
@@ -10,7 +10,14 @@ setting:
   tf_defaults   TensorFlow as installed. On x86 CPUs with AVX512_VNNI/BF16 or AMX
                 (this machine), TF 2.21 turns its oneDNN ops on by default; elsewhere off
   onednn_off    TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels, no _Mkl* ops)
-  onednn_on     TF_ENABLE_ONEDNN_OPTS=1 (the default here; on by request elsewhere)
+  onednn_on     TF_ENABLE_ONEDNN_OPTS=1 (the default here; on by request elsewhere, and
+                what bertc's own processes set: bertc/tf_runtime.py)
+  avx2_tf_defaults  TF_ENABLE_ONEDNN_OPTS=0 and ONEDNN_MAX_CPU_ISA=AVX2: TensorFlow's
+                own default on an AVX2-only CPU (Eigen kernels; the wheel's Eigen code is
+                built for AVX, and its GEMMs call oneDNN's sgemm, here limited to AVX2)
+  avx2_bertc    TF_ENABLE_ONEDNN_OPTS=1 and ONEDNN_MAX_CPU_ISA=AVX2: bertc's runtime on
+                such a CPU. The two avx2 settings simulate the instruction set only: the
+                cores stay this machine's
   remapper_off  Grappler's remapper off (no MatMul+BiasAdd+activation fusions)
   xla           XLA auto-clustering (global_jit_level ON_1, TF_XLA_FLAGS
                 --tf_xla_auto_jit=2 --tf_xla_cpu_global_jit)
@@ -39,6 +46,8 @@ SETTINGS = {
     "tf_defaults": ({}, {}),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
     "onednn_on": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, {}),
+    "avx2_tf_defaults": ({"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
+    "avx2_bertc": ({"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
     "remapper_off": ({}, {"remapper": False}),
     "xla": ({"TF_XLA_FLAGS": "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"}, {"xla": True}),
     "inter_op_1": ({}, {"inter_op": 1}),
@@ -60,6 +69,9 @@ def session_config(remapper=True, xla=False, inter_op=None):
 
 def child(args):
     """Times every artifact under the settings of this process; prints one JSON line."""
+    # TensorFlow first: its oneDNN choice is then the setting's (or TensorFlow's own
+    # default), not the one `import bertc` makes for its processes.
+    import tensorflow  # noqa: F401
     import throughput
     from bertc import runners
     jobs = json.loads(args.child)
@@ -90,7 +102,8 @@ def main():
     parser.add_argument("--passes",
                         default="none;strip_unused,fold_constants;fused_attention;"
                                 "fused_layernorm;default")
-    parser.add_argument("--settings", default="tf_defaults,onednn_off,remapper_off,xla,inter_op_1")
+    parser.add_argument("--settings",
+                        default="tf_defaults,onednn_off,avx2_tf_defaults,avx2_bertc,remapper_off,xla,inter_op_1")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
@@ -156,6 +169,14 @@ def main():
         ratio = r["inferences_per_s"] / base[r["model"]] if base.get(r["model"]) else float("nan")
         print(f"{r['model']:<7} {r['head']:<9} {r['passes']:<30} {r['setting']:<13} "
               f"{r['inferences_per_s']:8.2f} {100 * r['flop_utilisation']:6.1f}% {ratio:19.3f}x")
+    avx2 = {(r["model"], r["setting"], r["passes"]): r["inferences_per_s"] for r in results}
+    for model in dict.fromkeys(r["model"] for r in results):
+        eigen = avx2.get((model, "avx2_tf_defaults", "none"))
+        ours = avx2.get((model, "avx2_bertc", "default"))
+        if eigen and ours:
+            print(f"{model}: on an AVX2-only CPU (simulated), bertc's default under its "
+                  f"runtime (avx2_bertc) is {ours / eigen:.3f}x the unrewritten graph under "
+                  f"TensorFlow's default there (avx2_tf_defaults)")
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

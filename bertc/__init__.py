@@ -12,8 +12,13 @@ Library API (the CLI is a thin layer over these):
 
 __version__ = "0.1.0"
 
+from bertc import tf_runtime  # noqa: E402
 from bertc.errors import BertcError  # noqa: E402
 from bertc.config import BertConfig  # noqa: E402
+
+# TensorFlow's oneDNN kernels on for bertc's processes; before TensorFlow is imported
+# (see bertc/tf_runtime.py).
+tf_runtime.apply_defaults()
 
 
 def __getattr__(name):

@@ -17,13 +17,14 @@ the last position real in any row of the batch (at least 1)::
     before                                after
     emb LN input [T,D]                    emb LN input [T,D] -> GatherV2(idx) [T_real,D]
       |                                     |
-    LayerNorm, QKV MatMul+BiasAdd,        the same ops on [T_real, k] rows
-    Split                                   |
-      |                                   unpack to [B*L, k], packed row 0 at padding (*)
-    Reshape [B,S,N,H] -> attention        Reshape [B,L,N,H] -> attention, the mask bias
-      |     ([B,N,S,S] scores)              |   sliced to [B,1,1,L] ([B,N,L,L] scores)
-    Reshape [T,D] = context               Reshape [B*L,D] -> GatherV2(idxL) [T_real,D]
+    LayerNorm, QKV MatMul+BiasAdd         the same ops on [T_real, k] rows
       |                                     |
+    Split, Reshape [B,S,N,H],             q, k, v heads [B,N,L,H] gathered straight from
+    Transpose -> attention                  the packed rows (**), packed row 0 at padding
+      |     ([B,N,S,S] scores)              -> attention, the mask bias sliced to [B,1,1,L]
+      |                                     ([B,N,L,L] scores)
+    Transpose, Reshape [T,D] = context    context heads [B,N,L,H] gathered straight into
+      |                                     packed rows [T_real,D] (**)
     out proj, residual, LN, FFN, LN       the same ops on [T_real, k] rows
       |                                     |
     Reshape [B,S,D] -> outputs            unpack to [T, D], zeros at padding (*)
@@ -33,6 +34,15 @@ the last position real in any row of the batch (at least 1)::
         real rows (an exclusive Cumsum of the flat mask); at padding 0 for
         attention, and T_real for the outputs, which gather from [packed; a
         zero row].  (One GatherV2 costs a third of a ScatterNd into zeros.)
+    (**) one GatherV2 of H-wide rows does the unpack, the Split and the
+        Transpose(0, 2, 1, 3): head row (b, n, l) of block p (q, k or v) is row
+        (inverse[b*L + l] * 3 + p) * N + n of the QKV rows seen as [T_real*3N, H].
+        Back: packed row t, head n is row (b*N + n) * L + l of the context heads
+        seen as [B*N*L, H], where b*L + l is the t-th real position.  It moves
+        each value once where unpack + Split + Transpose moved it three times:
+        MiniLM at full length 1.04x (the row unpacks had cost 4%).  A head whose
+        Reshape or Transpose has another reader is unpacked by rows as (*) into a
+        Reshape [B,L,N,H] instead; a Split stays unless all its outputs are heads.
 
 How the region is found (structure only): the masked attention blocks
 (`token_rows.attention_sites`, all reading one [B, S] mask through
@@ -45,8 +55,9 @@ nothing (0 sites) unless every attention's q, k, v come from the region and its
 context feeds only the region, and every other reader of a region tensor is a
 padding-tolerant consumer: a Reshape to [B, S, k] (the encoder outputs) or a
 GatherV2 of constant rows along axis 0 (cls_only_tail's [CLS] rows).  In the
-attention blocks only the head Reshapes' shapes change and the mask bias is
-sliced; a [CLS]-only query (cls_only_tail's) keeps its [B, 1, N, H].
+attention blocks the head gathers (**) take the place of the head Reshapes and
+Transposes and the mask bias is sliced; a [CLS]-only query (cls_only_tail's)
+keeps its [B, 1, N, H] and its [B, k] context.
 
 Math: token-wise ops compute the same rows on a subset of the rows, so every
 real token's value is the same computation.  Attention reads keys and values
@@ -76,9 +87,11 @@ Speed (benchmarks/padding_free.py, 2 shared cores, [4, 128], MRPC dev pairs,
 MiniLM 1.70x; on full-length batches 0.97x and 1.00x.
 
 Sites: layers converted (attention blocks whose surroundings were packed).
-`details`: ops now run packed ("packed_ops"), packs, unpacks.
+`details`: ops now run packed ("packed_ops"), packs, unpacks, and how many of
+the attention unpacks and packs are head-layout gathers ("head_layout_gathers").
 """
 
+import dataclasses
 import logging
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -86,9 +99,9 @@ import numpy as np
 import tensorflow as tf
 
 from rewrites.base import RewritePass
-from rewrites.graph import Graph, parse_input
+from rewrites.graph import Graph, parse_input, tensor_name
 from rewrites.token_rows import (AttentionSite, attention_sites, output_tensors, port_tensor,
-                                 row_wise)
+                                 row_wise, rows_of)
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +165,9 @@ class RemovePadding(RewritePass):
         head_reshapes = {n for s in sites for n in (s.key_reshape, s.value_reshape)}
         head_reshapes |= {s.query_reshape for s in sites if not s.cls_query}
         contexts = {s.context for s in sites if not s.cls_query}
+        gathered_heads = self._gathered_heads(graph, sites, region)
+        gathered_contexts = self._gathered_contexts(graph, sites)
+        gathered_sources = {h.reads for h in gathered_heads.values()}
         # (tensor, layout) -> uses; layout "trim" is attention's [B * L] rows
         edges_in: Dict[tuple, List[tuple]] = {}
         edges_out: Dict[tuple, List[tuple]] = {}
@@ -163,14 +179,17 @@ class RemovePadding(RewritePass):
         for name in region:
             for tensor in output_tensors(graph, graph.node(name)):
                 for consumer, index in graph.consumers(port_tensor(tensor)):
+                    if consumer in gathered_heads:
+                        continue  # read below, straight into attention's head layout
                     if consumer not in region:
                         layout = "trim" if consumer in head_reshapes else "full"
                         edges_out.setdefault((tensor, layout), []).append((consumer, index))
         dtypes = {t: graph.dtype(t) for t, _ in list(edges_in) + list(edges_out)}
+        dtypes.update({t: graph.dtype(t) for t in gathered_sources})
         widths = {t: graph.shape(t)[1] for t, _ in edges_out}
-        head_shapes = {n: graph.shape(n) for n in head_reshapes}
+        head_shapes = {n: graph.shape(n) for n in head_reshapes if n not in gathered_heads}
         context_widths = {s.context: graph.shape(s.context)[1] for s in sites
-                          if not s.cls_query}
+                          if not s.cls_query and s.context not in gathered_contexts}
         bias_dtypes = {s.mask_bias: graph.dtype(s.mask_bias) for s in sites}
         index = _Indices(graph, site.mask, batch, seq, f"{parse_input(site.mask)[0]}/{self.name}")
         inputs = {}  # node name -> its new input list
@@ -181,8 +200,19 @@ class RemovePadding(RewritePass):
 
         for (tensor, layout), uses in sorted(edges_in.items()):
             node, port, _ = parse_input(tensor)
+            if tensor in gathered_contexts:
+                heads = gathered_contexts[tensor]
+                rewire(uses, index.pack_heads(heads.reads, dtypes[tensor], heads.heads,
+                                              heads.size, f"{node}/{self.name}/pack_heads"))
+                continue
             rewire(uses, index.pack(tensor, dtypes[tensor], layout,
                                     f"{node}/{self.name}/pack_{port}"))
+        for reshape, heads in sorted(gathered_heads.items()):
+            unpacked = index.unpack_heads(heads.reads, dtypes[heads.reads], heads.parts,
+                                          heads.part, heads.heads, heads.size,
+                                          f"{heads.transpose}/{self.name}/unpack_heads")
+            for consumer, position in graph.consumers(tensor_name(heads.transpose)):
+                rewire([(consumer, position)], unpacked)
         for (tensor, layout), uses in sorted(edges_out.items()):
             node, port, _ = parse_input(tensor)
             rewire(uses, index.unpack(tensor, dtypes[tensor], widths[tensor], layout,
@@ -201,11 +231,79 @@ class RemovePadding(RewritePass):
             add[:] = [trimmed[s.mask_bias] if t == s.mask_bias else t for t in add]
         for name, new_inputs in inputs.items():
             graph.set_inputs(name, new_inputs)
-        for name in region | head_reshapes:
+        bypassed = set(gathered_heads) | {h.transpose for h in gathered_heads.values()}
+        bypassed |= {parse_input(t)[0] for t in gathered_contexts}
+        bypassed |= {h.transpose for h in gathered_contexts.values()}
+        bypassed |= {parse_input(h.replaces)[0] for h in gathered_heads.values()
+                     if h.parts > 1}
+        removed = set(graph.remove_unused(bypassed))
+        for name in (region | head_reshapes) - removed:
             graph.node(name).attr.pop("_output_shapes", None)
-        self.details = {"packed_ops": len(region), "packs": len(edges_in),
-                        "unpacks": len(edges_out)}
+        self.details = {"packed_ops": len(region - removed), "packs": len(edges_in),
+                        "unpacks": len(edges_out) + len(gathered_heads),
+                        "head_layout_gathers": len(gathered_heads) + len(gathered_contexts)}
         return len(sites)
+
+    @staticmethod
+    def _gathered_heads(graph: Graph, sites: List[AttentionSite],
+                        region: Set[str]) -> Dict[str, "_GatheredHeads"]:
+        """{head Reshape: how to gather its [B, N, L, H] heads from packed rows},
+        for every q/k/v whose Reshape and Transpose feed only their attention block.
+        When every output of a (fused_attention) Split along the last axis is such
+        a head, the heads are read from the Split's input and the Split goes."""
+        found = {}
+        for s in sites:
+            for role in ("key", "value") if s.cls_query else ("query", "key", "value"):
+                reshape, transpose = getattr(s, f"{role}_reshape"), getattr(s, f"{role}_heads")
+                shape = graph.shape(reshape)
+                if (graph.consumer_names(reshape) != {transpose}
+                        or not graph.consumer_names(transpose) <= s.nodes
+                        or shape is None or None in shape[2:]):
+                    continue
+                tensor = getattr(s, role)
+                found[reshape] = _GatheredHeads(transpose, tensor, tensor, 1, 0,
+                                                shape[2], shape[3])
+        splits: Dict[str, List[str]] = {}
+        for reshape, heads in found.items():
+            splits.setdefault(parse_input(heads.reads)[0], []).append(reshape)
+        for split_name, reshapes in splits.items():
+            split = graph.node(split_name)
+            if split.op != "Split" or split_name not in region:
+                continue
+            parts = split.attr["num_split"].i
+            outputs = output_tensors(graph, split)
+            readers = [c for t in outputs for c, _ in graph.consumers(port_tensor(t))]
+            source = Graph.data_inputs(split)[1]
+            first = found[reshapes[0]]
+            if (set(readers) != set(reshapes) or len(readers) != parts
+                    or graph.control_consumers(split_name)
+                    or rows_of(graph, source) is None
+                    or graph.shape(source)[1] != parts * first.heads * first.size
+                    or len({(found[r].heads, found[r].size) for r in reshapes}) != 1):
+                continue
+            for reshape in reshapes:
+                heads = found[reshape]
+                part = parse_input(heads.reads)[1]
+                found[reshape] = dataclasses.replace(heads, reads=source, parts=parts, part=part)
+        return found
+
+    @staticmethod
+    def _gathered_contexts(graph: Graph, sites: List[AttentionSite]) -> Dict[str, "_GatheredHeads"]:
+        """{context tensor [B*L, N*H]: its BatchMatMul's [B, N, L, H] heads to pack
+        straight from}, for every context whose Transpose and Reshape only feed that."""
+        found = {}
+        for s in sites:
+            if s.cls_query:
+                continue
+            reshape = parse_input(s.context)[0]
+            shape = graph.shape(tensor_name(s.context_matmul))
+            if (graph.consumer_names(s.context_heads) != {reshape}
+                    or graph.consumer_names(s.context_matmul) != {s.context_heads}
+                    or shape is None or len(shape) != 4 or None in shape[1:2] + shape[3:]):
+                continue
+            found[s.context] = _GatheredHeads(s.context_heads, tensor_name(s.context_matmul),
+                                              s.context, 1, 0, shape[1], shape[3])
+        return found
 
     @staticmethod
     def _region(graph: Graph, sites: List[AttentionSite]) -> Tuple[Set[str], Optional[str]]:
@@ -246,6 +344,19 @@ class RemovePadding(RewritePass):
                         return set(), (f"{tensor} is read by {consumer} "
                                        f"({graph.node(consumer).op}), which needs padding rows")
         return region, None
+
+
+@dataclasses.dataclass(frozen=True)
+class _GatheredHeads:
+    """A head layout change folded into a pack or unpack gather."""
+
+    transpose: str     # the Transpose(0, 2, 1, 3) that is bypassed
+    reads: str         # the tensor gathered from: packed rows, or context heads
+    replaces: str      # the tensor it stands for: a q/k/v (a Split output) or a context
+    parts: int         # the packed rows hold `parts` heads blocks side by side (Split)
+    part: int          # and this block is the `part`-th
+    heads: int         # N
+    size: int          # H
 
 
 class _Indices:
@@ -333,6 +444,83 @@ class _Indices:
                 tensor, zero, self.axis], {"T": dtype, "N": 2, "Tidx": tf.int32}).name
         return self.graph.add_node("GatherV2", name, [tensor, self.inverse(layout), self.axis], {
             "Tparams": dtype, "Tindices": tf.int32, "Taxis": tf.int32, "batch_dims": 0}).name
+
+    def unpack_heads(self, tensor, dtype, parts, part, heads, size, name):
+        """Packed rows [T_real, parts * N * H] -> attention's heads [B, N, L, H] of
+        block `part` in one GatherV2 of H-wide rows: head row (b, n, l) is row
+        (inverse[b * L + l] * parts + part) * N + n of the rows seen as
+        [T_real * parts * N, H].  (Unpack, Split and Transpose(0, 2, 1, 3) in one.)"""
+        rows = self.graph.add_node("Reshape", f"{name}/head_rows", [tensor, self._const(
+            f"head_rows_{size}", np.array([-1, size], np.int32))],
+            {"T": dtype, "Tshape": tf.int32}).name                          # [T*p*N, H]
+        gathered = self.graph.add_node("GatherV2", name, [
+            rows, self.head_index(parts, part, heads), self.axis], {
+            "Tparams": dtype, "Tindices": tf.int32, "Taxis": tf.int32,
+            "batch_dims": 0}).name                                          # [B*N*L, H]
+        return self.graph.add_node("Reshape", f"{name}/heads", [gathered, self._const(
+            f"heads_{heads}x{size}", np.array([self.batch, heads, -1, size], np.int32))],
+            {"T": dtype, "Tshape": tf.int32}).name                          # [B, N, L, H]
+
+    def head_index(self, parts, part, heads):
+        """[B * N * L] int32, row (b, n, l): (inverse[b * L + l] * parts + part) * N + n."""
+        key = ("head_index", parts, part, heads)
+        if key not in self._cache:
+            grid = self._node("Reshape", "inverse_grid", [self.inverse("trim"), self._const(
+                "grid", np.array([self.batch, 1, -1], np.int32))],
+                {"T": tf.int32, "Tshape": tf.int32})                       # [B, 1, L]
+            scaled = self._node("Mul", f"inverse_x{parts * heads}", [grid, self._const(
+                f"blocks_{parts * heads}", np.int32(parts * heads))], {"T": tf.int32})
+            offsets = (part * heads + np.arange(heads, dtype=np.int32)).reshape(1, heads, 1)
+            index = self._node("AddV2", f"head_index_{parts}_{part}_{heads}", [
+                scaled, self._const(f"head_offsets_{parts}_{part}_{heads}", offsets)],
+                {"T": tf.int32})                                           # [B, N, L]
+            self._cache[key] = self._node("Reshape", f"head_index_{parts}_{part}_{heads}_flat", [
+                index, self._const("flat", np.array([-1], np.int32))],
+                {"T": tf.int32, "Tshape": tf.int32})
+        return self._cache[key]
+
+    def pack_heads(self, tensor, dtype, heads, size, name):
+        """Attention's context heads [B, N, L, H] -> packed rows [T_real, N * H] in
+        one GatherV2 of H-wide rows: packed row t, head n reads row (b * N + n) * L
+        + l of [B * N * L, H], where b * L + l is the t-th real row of the "trim"
+        layout.  (Transpose(0, 2, 1, 3), Reshape and pack in one.)"""
+        rows = self.graph.add_node("Reshape", f"{name}/head_rows", [tensor, self._const(
+            f"head_rows_{size}", np.array([-1, size], np.int32))],
+            {"T": dtype, "Tshape": tf.int32}).name                          # [B*N*L, H]
+        gathered = self.graph.add_node("GatherV2", name, [
+            rows, self.context_index(heads), self.axis], {
+            "Tparams": dtype, "Tindices": tf.int64, "Taxis": tf.int32,
+            "batch_dims": 0}).name                                          # [T*N, H]
+        return self.graph.add_node("Reshape", f"{name}/rows", [gathered, self._const(
+            f"packed_width_{heads * size}", np.array([-1, heads * size], np.int32))],
+            {"T": dtype, "Tshape": tf.int32}).name                          # [T, N*H]
+
+    def context_index(self, heads):
+        """[T_kept * N] int64, entry (t, n): (b * N + n) * L + l, b * L + l = rows[t]."""
+        key = ("context_index", heads)
+        if key not in self._cache:
+            length = self._node("Cast", "length_64", [self.length], {
+                "SrcT": tf.int32, "DstT": tf.int64, "Truncate": False})
+            rows = self.rows["trim"]                                       # [T_kept]
+            column = self._const("column", np.array([-1, 1], np.int32))
+            batch = self._node("Reshape", "trim_rows_batch", [self._node(
+                "FloorDiv", "trim_rows_b", [rows, length], {"T": tf.int64}), column],
+                {"T": tf.int64, "Tshape": tf.int32})                       # [T_kept, 1]
+            position = self._node("Reshape", "trim_rows_position", [self._node(
+                "FloorMod", "trim_rows_l", [rows, length], {"T": tf.int64}), column],
+                {"T": tf.int64, "Tshape": tf.int32})                       # [T_kept, 1]
+            block = self._node("AddV2", f"context_blocks_{heads}", [
+                self._node("Mul", f"trim_rows_bx{heads}", [batch, self._const(
+                    f"heads_64_{heads}", np.int64(heads))], {"T": tf.int64}),
+                self._const(f"head_numbers_{heads}", np.arange(heads, dtype=np.int64)[None])],
+                {"T": tf.int64})                                           # [T_kept, N]
+            index = self._node("AddV2", f"context_index_{heads}", [
+                self._node("Mul", f"context_blocks_{heads}_xL", [block, length],
+                           {"T": tf.int64}), position], {"T": tf.int64})
+            self._cache[key] = self._node("Reshape", f"context_index_{heads}_flat", [
+                index, self._const("flat", np.array([-1], np.int32))],
+                {"T": tf.int64, "Tshape": tf.int32})
+        return self._cache[key]
 
     def inverse(self, layout):
         """[rows] int32: each real row's packed index; at padding 0 for "trim"

@@ -154,7 +154,8 @@ def _attention() -> OpTypePattern:
     context = OpTypePattern(_BATCH_MATMUL, name="context", inputs=[
         OpTypePattern("Softmax", name="probs", inputs=[masked]), _heads("value")])
     return OpTypePattern("Reshape", name="context_out", inputs=[
-        OpTypePattern("Transpose", inputs=[context, ConstPattern(name="context_perm")]),
+        OpTypePattern("Transpose", name="context_heads",
+                      inputs=[context, ConstPattern(name="context_perm")]),
         ConstPattern()])
 
 
@@ -172,6 +173,11 @@ class AttentionSite:
     query_reshape: str  # node names of the three head Reshapes
     key_reshape: str
     value_reshape: str
+    query_heads: str    # node names of the Transposes after them: [B, N, S, H]
+    key_heads: str
+    value_heads: str
+    context_matmul: str  # the context BatchMatMul: [B, N, S, H], or [B, N, 1, H]
+    context_heads: str  # its Transpose to [B, S, N, H], read by the context Reshape
     mask: str           # the [B, S] mask tensor (bertc: the input_mask Placeholder)
     mask_bias: str      # the [B, 1, 1, S] bias tensor
     masked_add: str     # the node adding it to the scores
@@ -240,6 +246,9 @@ def _site(graph: Graph, match) -> Optional[AttentionSite]:
         query=match.tensor("query"), key=match.tensor("key"), value=match.tensor("value"),
         context=match.tensor("context_out"), query_reshape=name("query_reshape"),
         key_reshape=name("key_reshape"), value_reshape=name("value_reshape"),
+        query_heads=name("query_heads"), key_heads=name("key_heads"),
+        value_heads=name("value_heads"), context_matmul=name("context"),
+        context_heads=name("context_heads"),
         mask=mask, mask_bias=match.tensor("mask_bias"), masked_add=name("masked"),
         batch=batch, seq=seq,
         cls_query=cls_query, nodes=frozenset(match.nodes))

@@ -45,9 +45,14 @@ def test_inspect_artifact_histogram_and_parameters(crude_artifact, tmp_path):
     # Exact GELU's Erf is gone and crude GELU's Sigmoid is there, one per layer.
     assert before.get("Erf", 0) == 1 and after.get("Erf", 0) == 0
     assert after.get("Sigmoid", 0) == 1
-    # Q, K, V fused: one Split per layer, two fewer MatMuls per layer; cls_only_tail (the
-    # pooled head) gives the last layer's [CLS] query a MatMul of its own again.
-    assert after.get("Split", 0) == 1 and after["MatMul"] == before["MatMul"] - 2 + 1
+    # Q, K, V fused: two fewer MatMuls per layer; cls_only_tail (the pooled head) gives
+    # the last layer's [CLS] query a MatMul of its own again. remove_padding gathers the
+    # fused projection's heads straight into attention's layout (and the context back out
+    # of it): no Split is left, and of the four head Transposes of the one layer only the
+    # [CLS] query's and its [B, 1] context's stay.
+    assert after["MatMul"] == before["MatMul"] - 2 + 1
+    assert before["Transpose"] == 4 and after.get("Transpose", 0) == 2
+    assert after.get("Split", 0) == 0
     assert after.get("_MklLayerNorm", 0) == 3 and after.get("SquaredDifference", 0) == 0
     # The parameter count of the float weights is the checkpoint's (pooled head keeps all
     # but the position rows past SEQ, folded away by fold_constants).

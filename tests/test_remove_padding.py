@@ -69,6 +69,33 @@ def test_every_layer_packed_and_exact(head, before):
     rewritten, reports = _rewrite(reference, frozen, ["remove_padding"])
     assert reports[0].sites == LAYERS
     assert {"Where", "GatherV2", "Cumsum", "ConcatV2"} <= set(rg.ops(rewritten))
+    # q, k, v and the context of every layer are gathered straight into and out of
+    # attention's [B, N, L, H] layout: no head Transpose is left, nor fused_attention's Split.
+    assert reports[0].details["head_layout_gathers"] == 4 * LAYERS
+    assert not {"Transpose", "Split"} & set(rg.ops(rewritten))
+    errors = _compare(frozen, reference, rewritten, mixed_feeds())
+    assert max(errors.values()) <= EXACT, errors
+
+
+def test_a_head_read_elsewhere_keeps_its_row_unpack():
+    """A key-heads Transpose with a reader outside attention keeps its Reshape and
+    Transpose (unpacked by rows, as before); the other heads are still gathered, and
+    the fused Split stays for the key."""
+    frozen = rg.tiny_frozen("sequence", layers=LAYERS, batch=BATCH, seq=SEQ)
+    reference, _ = _rewrite(frozen.graph_def, frozen, CPU_DEFAULT)
+    producers = {n.name: n for n in reference.node}
+    key_heads = [n.name for n in reference.node if n.op == "Transpose"
+                 and producers[n.input[0]].op == "Reshape"
+                 and producers[n.input[0]].input[0].endswith(":1")
+                 and producers[producers[n.input[0]].input[0].split(":")[0]].op == "Split"]
+    assert len(key_heads) == LAYERS
+    extra = reference.node.add(name="outside_reader", op="Identity", input=[key_heads[0]])
+    extra.attr["T"].type = tf.float32.as_datatype_enum
+    rewritten, reports = _rewrite(reference, frozen, ["remove_padding"])
+    assert reports[0].sites == LAYERS
+    assert reports[0].details["head_layout_gathers"] == 4 * LAYERS - 1
+    ops = rg.ops(rewritten)
+    assert ops.count("Transpose") == 1 and ops.count("Split") == 1
     errors = _compare(frozen, reference, rewritten, mixed_feeds())
     assert max(errors.values()) <= EXACT, errors
 

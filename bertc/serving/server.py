@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence
 
 from aiohttp import web
 
+from bertc import tf_runtime
 from bertc.errors import BertcError
 from bertc.serving import app as app_lib
 from bertc.serving import artifact as artifact_lib
@@ -100,9 +101,10 @@ class Server:
         start = time.monotonic()
         models = [factory(self.artifact, threads) for _ in range(config.parallel)]
         logger.info("loaded %s: head %s, batch %d, seq %s; %d replica(s) x %d intra-op "
-                    "thread(s) in %.1f s", self.artifact.path, self.artifact.head,
+                    "thread(s) in %.1f s%s", self.artifact.path, self.artifact.head,
                     self.artifact.batch_size, ",".join(map(str, self.artifact.seq_lens)),
-                    config.parallel, threads, time.monotonic() - start)
+                    config.parallel, threads, time.monotonic() - start,
+                    "" if model_factory else f"; TensorFlow {tf_runtime.describe()}")
         self.replicas = replica_lib.start_replicas(models, self.batcher, self._on_batch)
         self._runner: Optional[web.AppRunner] = None
         self._log_task: Optional[asyncio.Task] = None
