@@ -44,20 +44,31 @@ def gemm_gflops(n: int = 2048, repeats: int = 10, trials: int = 3) -> float:
     return best
 
 
-def interleaved_rates(runs, rounds, min_seconds):
+#: Seconds of rest before each timed pass: ONNX Runtime's and OpenMP's worker threads
+#: spin-wait after a call, and would otherwise steal the cores from the next stack.
+PAUSE_S = 0.5
+
+
+def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S):
     """{label: inferences/s} of `runs` ({label: (fn, batches)}), timed in turns:
     each round times one whole pass of every run, and a run's figure is its best
     pass, so load that comes and goes on a shared machine hits every run alike
-    and the best passes are the quiet ones.  One warm-up pass each first."""
+    and the best passes are the quiet ones.  The order rotates every round and
+    each pass starts after `pause_s` of rest, so no stack always follows the one
+    whose threads are still spinning.  One warm-up pass each first."""
     for fn, batches in runs.values():
         for b in batches:
             fn(b)
     best = {label: 0.0 for label in runs}
+    labels = list(runs)
     start = time.perf_counter()
     done = 0
     while done < rounds or time.perf_counter() - start < min_seconds:
-        for label, (fn, batches) in runs.items():
+        shift = done % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            fn, batches = runs[label]
             rows = sum(len(b["input_ids"]) for b in batches)
+            time.sleep(pause_s)
             t = time.perf_counter()
             for b in batches:
                 fn(b)
