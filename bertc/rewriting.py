@@ -25,7 +25,7 @@ EXACT_FUSIONS = ("strip_unused", "fold_constants", "fused_attention", "fused_lay
 #: passes match the unpacked graph; remove_padding packs what cls_only_tail left).
 RUN_LAST = ("cls_only_tail", "remove_padding")
 #: The CPU target's default pipeline: exact passes only (see BUILD_NOTES.md, BENCHMARKS.md).
-#: remove_padding: 2.2x on BERT-Base MRPC traffic at [4, 128], 1.00x at full length;
+#: remove_padding: 2.3x on BERT-Base MRPC traffic at [4, 128], 1.00x at full length;
 #: cls_only_tail cuts only pooled/classifier heads (benchmarks/padding_free.py).
 CPU_DEFAULT = EXACT_FUSIONS + RUN_LAST
 #: Then these, in this order: half precision hides the float32 patterns the other
