@@ -10,7 +10,7 @@ print the load average). Steps:
                  and verify on 8 MRPC pairs + 32 random rows, under /usr/bin/time -v
                  (wall time, peak memory)
   throughput     full-length [4, 128]: passes vs PyTorch vs ONNX Runtime, % of GEMM
-  runtime_sweep  passes x oneDNN / remapper / XLA / inter-op settings
+  runtime_sweep  passes x oneDNN (also on a simulated AVX2-only CPU) / remapper / XLA / inter-op
   padding_free   MRPC-length batches: remove_padding vs ONNX Runtime and PyTorch
   mixed_precision  float32 vs float16 vs bfloat16 on MiniLM
   serving        `bertc serve` + `bertc client` at 48 clients vs offline
