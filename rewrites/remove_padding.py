@@ -232,18 +232,24 @@ class RemovePadding(RewritePass):
             add[:] = [trimmed[s.mask_bias] if t == s.mask_bias else t for t in add]
         for name, new_inputs in inputs.items():
             graph.set_inputs(name, new_inputs)
-        bypassed = set(gathered_heads) | {h.transpose for h in gathered_heads.values()}
-        bypassed |= {parse_input(t)[0] for t in gathered_contexts}
-        bypassed |= {h.transpose for h in gathered_contexts.values()}
-        bypassed |= {parse_input(h.replaces)[0] for h in gathered_heads.values()
-                     if h.parts > 1}
-        removed = set(graph.remove_unused(bypassed))
+        removed = self._remove_bypassed(graph, gathered_heads, gathered_contexts)
         for name in (region | head_reshapes) - removed:
             graph.node(name).attr.pop("_output_shapes", None)
         self.details = {"packed_ops": len(region - removed), "packs": len(edges_in),
                         "unpacks": len(edges_out) + len(gathered_heads),
                         "head_layout_gathers": len(gathered_heads) + len(gathered_contexts)}
         return len(sites)
+
+    @staticmethod
+    def _remove_bypassed(graph: Graph, gathered_heads, gathered_contexts) -> Set[str]:
+        """Removes the head Reshapes and Transposes (and Splits) that the head
+        gathers left without readers; returns their names."""
+        bypassed = set(gathered_heads) | {h.transpose for h in gathered_heads.values()}
+        bypassed |= {parse_input(t)[0] for t in gathered_contexts}
+        bypassed |= {h.transpose for h in gathered_contexts.values()}
+        bypassed |= {parse_input(h.replaces)[0] for h in gathered_heads.values()
+                     if h.parts > 1}
+        return set(graph.remove_unused(bypassed))
 
     @staticmethod
     def _gathered_heads(graph: Graph, sites: List[AttentionSite],
