@@ -69,8 +69,8 @@ def main():
     feeds["input_mask"][:] = 1  # full-length rows
     feeds = {f"{frozen.inputs[k]}:0": v for k, v in feeds.items()}
     fetch = f"{frozen.outputs['embedding']}:0"
-    base = rewrites.run(frozen.graph_def, list(rewriting.CPU_DEFAULT),
-                        protected_nodes=rg.protected(frozen)).graph_def
+    passes = rewriting.for_head(rewriting.CPU_DEFAULT, "embedding")
+    base = rewrites.run(frozen.graph_def, passes, protected_nodes=rg.protected(frozen)).graph_def
     variants = {"float32": base}
     for dtype in ("float16", "bfloat16"):
         variants[dtype] = rewrites.run(base, ["mixed_precision"],
