@@ -457,33 +457,47 @@ class _Indices:
         block `part` in one GatherV2 of H-wide rows: head row (b, n, l) is row
         (inverse[b * L + l] * parts + part) * N + n of the rows seen as
         [T_real * parts * N, H].  (Unpack, Split and Transpose(0, 2, 1, 3) in one.)"""
+        return self._gather_head_rows(
+            tensor, dtype, size, self.head_index(parts, part, heads), tf.int32,
+            [self.batch, heads, -1, size], name)                            # [B, N, L, H]
+
+    def _gather_head_rows(self, tensor, dtype, size, index, index_dtype, shape, name):
+        """Reshape(GatherV2(Reshape(tensor, [-1, H]), index), shape): a gather of
+        H-wide rows, what a head layout change is made of."""
         rows = self.graph.add_node("Reshape", f"{name}/head_rows", [tensor, self._const(
             f"head_rows_{size}", np.array([-1, size], np.int32))],
-            {"T": dtype, "Tshape": tf.int32}).name                          # [T*p*N, H]
-        gathered = self.graph.add_node("GatherV2", name, [
-            rows, self.head_index(parts, part, heads), self.axis], {
-            "Tparams": dtype, "Tindices": tf.int32, "Taxis": tf.int32,
-            "batch_dims": 0}).name                                          # [B*N*L, H]
-        return self.graph.add_node("Reshape", f"{name}/heads", [gathered, self._const(
-            f"heads_{heads}x{size}", np.array([self.batch, heads, -1, size], np.int32))],
-            {"T": dtype, "Tshape": tf.int32}).name                          # [B, N, L, H]
+            {"T": dtype, "Tshape": tf.int32}).name                          # [*, H]
+        gathered = self.graph.add_node("GatherV2", name, [rows, index, self.axis], {
+            "Tparams": dtype, "Tindices": index_dtype, "Taxis": tf.int32,
+            "batch_dims": 0}).name
+        shape = np.array(shape, np.int32)
+        return self.graph.add_node("Reshape", f"{name}/shaped", [gathered, self._const(
+            "shape_" + "x".join(map(str, shape)), shape)],
+            {"T": dtype, "Tshape": tf.int32}).name
 
     def head_index(self, parts, part, heads):
         """[B * N * L] int32, row (b, n, l): (inverse[b * L + l] * parts + part) * N + n."""
         key = ("head_index", parts, part, heads)
         if key not in self._cache:
-            grid = self._node("Reshape", "inverse_grid", [self.inverse("trim"), self._const(
-                "grid", np.array([self.batch, 1, -1], np.int32))],
-                {"T": tf.int32, "Tshape": tf.int32})                       # [B, 1, L]
-            scaled = self._node("Mul", f"inverse_x{parts * heads}", [grid, self._const(
-                f"blocks_{parts * heads}", np.int32(parts * heads))], {"T": tf.int32})
             offsets = (part * heads + np.arange(heads, dtype=np.int32)).reshape(1, heads, 1)
             index = self._node("AddV2", f"head_index_{parts}_{part}_{heads}", [
-                scaled, self._const(f"head_offsets_{parts}_{part}_{heads}", offsets)],
+                self._scaled_inverse(parts * heads), self._const(
+                    f"head_offsets_{parts}_{part}_{heads}", offsets)],
                 {"T": tf.int32})                                           # [B, N, L]
             self._cache[key] = self._node("Reshape", f"head_index_{parts}_{part}_{heads}_flat", [
                 index, self._const("flat", np.array([-1], np.int32))],
                 {"T": tf.int32, "Tshape": tf.int32})
+        return self._cache[key]
+
+    def _scaled_inverse(self, blocks):
+        """[B, 1, L] int32: inverse("trim") * blocks, shared by the q, k, v indices."""
+        key = ("scaled_inverse", blocks)
+        if key not in self._cache:
+            grid = self._node("Reshape", "inverse_grid", [self.inverse("trim"), self._const(
+                "grid", np.array([self.batch, 1, -1], np.int32))],
+                {"T": tf.int32, "Tshape": tf.int32})                       # [B, 1, L]
+            self._cache[key] = self._node("Mul", f"inverse_x{blocks}", [grid, self._const(
+                f"blocks_{blocks}", np.int32(blocks))], {"T": tf.int32})
         return self._cache[key]
 
     def pack_heads(self, tensor, dtype, heads, size, name):
@@ -491,16 +505,8 @@ class _Indices:
         one GatherV2 of H-wide rows: packed row t, head n reads row (b * N + n) * L
         + l of [B * N * L, H], where b * L + l is the t-th real row of the "trim"
         layout.  (Transpose(0, 2, 1, 3), Reshape and pack in one.)"""
-        rows = self.graph.add_node("Reshape", f"{name}/head_rows", [tensor, self._const(
-            f"head_rows_{size}", np.array([-1, size], np.int32))],
-            {"T": dtype, "Tshape": tf.int32}).name                          # [B*N*L, H]
-        gathered = self.graph.add_node("GatherV2", name, [
-            rows, self.context_index(heads), self.axis], {
-            "Tparams": dtype, "Tindices": tf.int64, "Taxis": tf.int32,
-            "batch_dims": 0}).name                                          # [T*N, H]
-        return self.graph.add_node("Reshape", f"{name}/rows", [gathered, self._const(
-            f"packed_width_{heads * size}", np.array([-1, heads * size], np.int32))],
-            {"T": dtype, "Tshape": tf.int32}).name                          # [T, N*H]
+        return self._gather_head_rows(tensor, dtype, size, self.context_index(heads),
+                                      tf.int64, [-1, heads * size], name)   # [T, N*H]
 
     def context_index(self, heads):
         """[T_kept * N] int64, entry (t, n): (b * N + n) * L + l, b * L + l = rows[t]."""
