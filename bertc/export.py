@@ -23,15 +23,9 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.framework import meta_graph, op_def_registry
 
 from bertc.freeze import FrozenGraph
-from bertc.protowire import field_header
-
-_SAVED_MODEL_META_GRAPHS = 2   # SavedModel.meta_graphs
-_META_GRAPH_GRAPH_DEF = 2      # MetaGraphDef.graph_def
-_GRAPH_DEF_NODE = 1            # GraphDef.node
-_NODE_ATTR = 5                 # NodeDef.attr (map<string, AttrValue>)
-_MAP_KEY, _MAP_VALUE = 1, 2    # a map entry's key and value
-_ATTR_VALUE_TENSOR = 8         # AttrValue.tensor
-_TENSOR_CONTENT = 4            # TensorProto.tensor_content
+from bertc.protowire import (ATTR_VALUE_TENSOR, GRAPH_DEF_NODE, MAP_KEY, MAP_VALUE,
+                             META_GRAPH_GRAPH_DEF, NODE_ATTR, SAVED_MODEL_META_GRAPHS,
+                             TENSOR_CONTENT, field_header)
 
 
 def strip_default_attrs(graph_def) -> None:
@@ -78,15 +72,15 @@ def write_saved_model(frozen: FrozenGraph, export_dir: str) -> None:
     meta_bytes = meta.SerializeToString()
     constants = frozen.constants or {}
     graph_length = _graph_def_length(graph_def, constants)
-    meta_length = (len(meta_bytes) + len(field_header(_META_GRAPH_GRAPH_DEF, graph_length))
+    meta_length = (len(meta_bytes) + len(field_header(META_GRAPH_GRAPH_DEF, graph_length))
                    + graph_length)
     header = saved_model_pb2.SavedModel(saved_model_schema_version=1).SerializeToString()
     os.makedirs(export_dir)
     with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
         f.write(header)
-        f.write(field_header(_SAVED_MODEL_META_GRAPHS, meta_length))
+        f.write(field_header(SAVED_MODEL_META_GRAPHS, meta_length))
         f.write(meta_bytes)
-        f.write(field_header(_META_GRAPH_GRAPH_DEF, graph_length))
+        f.write(field_header(META_GRAPH_GRAPH_DEF, graph_length))
         _write_graph_def(f, graph_def, constants)
 
 
@@ -121,14 +115,14 @@ def _node_chunks(node, constants) -> list:
     light.CopyFrom(node)
     tensor_bytes = light.attr["value"].tensor.SerializeToString()
     del light.attr["value"]
-    content_header = field_header(_TENSOR_CONTENT, len(content))
+    content_header = field_header(TENSOR_CONTENT, len(content))
     tensor_length = len(tensor_bytes) + len(content_header) + len(content)
-    tensor_header = field_header(_ATTR_VALUE_TENSOR, tensor_length)
+    tensor_header = field_header(ATTR_VALUE_TENSOR, tensor_length)
     attr_length = len(tensor_header) + tensor_length
-    key = field_header(_MAP_KEY, len(b"value")) + b"value"
-    value_header = field_header(_MAP_VALUE, attr_length)
+    key = field_header(MAP_KEY, len(b"value")) + b"value"
+    value_header = field_header(MAP_VALUE, attr_length)
     entry_length = len(key) + len(value_header) + attr_length
-    head = b"".join([light.SerializeToString(), field_header(_NODE_ATTR, entry_length), key,
+    head = b"".join([light.SerializeToString(), field_header(NODE_ATTR, entry_length), key,
                      value_header, tensor_header, tensor_bytes, content_header])
     return [head, content]
 
@@ -140,7 +134,7 @@ def _graph_def_length(graph_def, constants) -> int:
     total = _non_node_fields(graph_def).ByteSize()
     for node in graph_def.node:
         size = sum(len(c) for c in _node_chunks(node, constants))
-        total += len(field_header(_GRAPH_DEF_NODE, size)) + size
+        total += len(field_header(GRAPH_DEF_NODE, size)) + size
     return total
 
 
@@ -149,7 +143,7 @@ def _write_graph_def(f, graph_def, constants) -> None:
     rest = _non_node_fields(graph_def)
     for node in graph_def.node:
         chunks = _node_chunks(node, constants)
-        f.write(field_header(_GRAPH_DEF_NODE, sum(len(c) for c in chunks)))
+        f.write(field_header(GRAPH_DEF_NODE, sum(len(c) for c in chunks)))
         for chunk in chunks:
             f.write(chunk)
     f.write(rest.SerializeToString())

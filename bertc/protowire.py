@@ -11,6 +11,16 @@ from typing import BinaryIO, Iterator, Tuple
 
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
+# The field numbers on the path from a SavedModel to a weight's bytes (the writer
+# in bertc/export.py and the reader in bertc/saved_model_reader.py walk it).
+SAVED_MODEL_META_GRAPHS = 2   # SavedModel.meta_graphs
+META_GRAPH_GRAPH_DEF = 2      # MetaGraphDef.graph_def
+GRAPH_DEF_NODE = 1            # GraphDef.node
+NODE_ATTR = 5                 # NodeDef.attr (map<string, AttrValue>)
+MAP_KEY, MAP_VALUE = 1, 2     # a map entry's key and value
+ATTR_VALUE_TENSOR = 8         # AttrValue.tensor
+TENSOR_CONTENT = 4            # TensorProto.tensor_content
+
 
 def encode_varint(value: int) -> bytes:
     out = bytearray()

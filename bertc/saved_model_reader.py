@@ -24,11 +24,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 import rewrites.constants
 from bertc.errors import BertcError
-from bertc.protowire import LENGTH_DELIMITED, fields
-
-_SAVED_MODEL_META_GRAPHS = 2
-_META_GRAPH_GRAPH_DEF = 2
-_GRAPH_DEF_NODE = 1
+from bertc.protowire import (GRAPH_DEF_NODE, LENGTH_DELIMITED, META_GRAPH_GRAPH_DEF,
+                             SAVED_MODEL_META_GRAPHS, fields)
 
 
 def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MIN_BYTES,
@@ -47,7 +44,7 @@ def read_detached(export_dir: str, min_bytes: int = rewrites.constants.DETACH_MI
             end = f.tell()
             f.seek(0)
             for number, wire, length, _ in fields(f, end):
-                if number == _SAVED_MODEL_META_GRAPHS and wire == LENGTH_DELIMITED:
+                if number == SAVED_MODEL_META_GRAPHS and wire == LENGTH_DELIMITED:
                     if f.tell() + length > end:
                         raise EOFError(f"a MetaGraphDef of {length} bytes at offset "
                                        f"{f.tell()} runs past the end ({end} bytes)")
@@ -75,7 +72,7 @@ def _read_meta_graph(f: BinaryIO, end: int, min_bytes: int, with_values: bool):
     constants: Dict[str, np.ndarray] = {}
     rest = bytearray()  # every field but graph_def, re-parsed in one go
     for number, wire, length, tag in fields(f, end):
-        if number == _META_GRAPH_GRAPH_DEF and wire == LENGTH_DELIMITED:
+        if number == META_GRAPH_GRAPH_DEF and wire == LENGTH_DELIMITED:
             _read_graph_def(f, f.tell() + length, graph_def, constants, min_bytes,
                             with_values)
         else:
@@ -88,7 +85,7 @@ def _read_graph_def(f: BinaryIO, end: int, graph_def, constants, min_bytes: int,
                     with_values: bool) -> None:
     rest = bytearray()
     for number, wire, length, tag in fields(f, end):
-        if number == _GRAPH_DEF_NODE and wire == LENGTH_DELIMITED:
+        if number == GRAPH_DEF_NODE and wire == LENGTH_DELIMITED:
             node = tf.compat.v1.NodeDef.FromString(f.read(length))
             if rewrites.constants.detachable(node, min_bytes):
                 tensor = node.attr["value"].tensor
