@@ -67,6 +67,15 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def without_nodes(graph_def: GraphDef) -> GraphDef:
+    """A new GraphDef with the versions and function library of `graph_def`, no nodes."""
+    out = GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    if graph_def.HasField("library"):
+        out.library.CopyFrom(graph_def.library)
+    return out
+
+
 def detachable(node: NodeDef, min_bytes: int = DETACH_MIN_BYTES) -> bool:
     """True for a Const whose packed value has at least `min_bytes` bytes."""
     return node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= min_bytes
@@ -76,10 +85,7 @@ def detach_constants(graph_def: GraphDef, min_bytes: int = DETACH_MIN_BYTES
                      ) -> Tuple[GraphDef, Dict[str, np.ndarray]]:
     """(copy of `graph_def` with its large Consts detached, {name: value}).
     The input is not modified."""
-    light = GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        light.library.CopyFrom(graph_def.library)
+    light = without_nodes(graph_def)
     values = {}
     for node in graph_def.node:
         copy = light.node.add()
@@ -110,10 +116,7 @@ def attached_node(node: NodeDef, constants: Dict[str, np.ndarray]) -> NodeDef:
 
 def attach_constants(graph_def: GraphDef, constants: Dict[str, np.ndarray]) -> GraphDef:
     """A copy of a detached `graph_def` with every value in place again."""
-    full = GraphDef()
-    full.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        full.library.CopyFrom(graph_def.library)
+    full = without_nodes(graph_def)
     for node in graph_def.node:
         full.node.add().CopyFrom(attached_node(node, constants))
     return full
@@ -125,10 +128,7 @@ def consts_as_placeholders(graph_def: GraphDef, names: Iterable[str],
     the Consts `names` are Placeholders of the same dtype and shape (to be fed
     their values, or for shape inference)."""
     names = set(names)
-    light = GraphDef()
-    light.versions.CopyFrom(graph_def.versions)
-    if graph_def.HasField("library"):
-        light.library.CopyFrom(graph_def.library)
+    light = without_nodes(graph_def)
     for node in graph_def.node if nodes is None else nodes:
         if node.name in names and node.op == "Const":
             proto = node.attr["value"].tensor

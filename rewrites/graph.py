@@ -424,10 +424,7 @@ class Graph:
     def to_graph_def(self) -> GraphDef:
         """A new GraphDef: the nodes in topological order, versions and library kept.
         A detached graph's GraphDef is detached too (values in `constants`)."""
-        out = GraphDef()
-        out.versions.CopyFrom(self._graph_def.versions)
-        if self._graph_def.HasField("library"):
-            out.library.CopyFrom(self._graph_def.library)
+        out = constants_lib.without_nodes(self._graph_def)
         order = self.topological()
         if len(order) != len(self._nodes):  # a cycle: keep every node, validate() will say
             order = list(self._nodes.values())
