@@ -6,9 +6,10 @@ node, or, detached (what `bertc build` does), leaves the values in
 `FrozenGraph.constants`, the model's own arrays, so no weight is copied: the
 rewrite pipeline, the exporter and the runners take both forms (see
 rewrites.constants). The graph's boundary: inputs are the Placeholders
-`input_ids`, `input_mask`, `segment_ids` (int32 [B, S]); each output is the node named after it (`sequence_output`,
-`pooled_output`, `logits`, `probabilities`, `embedding`), with its dtype and
-static shape recorded for the serving signature.
+`input_ids`, `input_mask`, `segment_ids` (int32 [B, S]); each output is the
+node named after it (`sequence_output`, `pooled_output`, `logits`,
+`probabilities`, `embedding`), with its dtype and static shape recorded for the
+serving signature.
 """
 
 import dataclasses
@@ -73,14 +74,18 @@ def weight_constants(graph_def, weights) -> Dict[str, np.ndarray]:
     return constants
 
 
-def fill_weights(graph_def, weights) -> None:
-    """Writes each weight into its shape-only Const node (in place), one copy each."""
+def take_weights(graph_def, weights, detach: bool) -> Optional[Dict[str, np.ndarray]]:
+    """Empties each shape-only weight Const (in place) and either writes its weight
+    into it (one copy each; returns None) or, with `detach`, returns the weights
+    as `{node name: value}` (no copy)."""
     constants = weight_constants(graph_def, weights)
     for node in graph_def.node:
         if node.name in constants:
             tensor = node.attr["value"].tensor
             tensor.ClearField("float_val")
-            tensor.tensor_content = constants[node.name].tobytes()
+            if not detach:
+                tensor.tensor_content = constants[node.name].tobytes()
+    return constants if detach else None
 
 
 def freeze(concrete_function, batch_size: int, seq_len: int, weights=None,
@@ -94,15 +99,7 @@ def freeze(concrete_function, batch_size: int, seq_len: int, weights=None,
     """
     graph = concrete_function.graph
     graph_def = graph.as_graph_def()
-    constants = None
-    if weights is not None:
-        if detach:
-            constants = weight_constants(graph_def, weights)
-            for node in graph_def.node:
-                if node.name in constants:
-                    node.attr["value"].tensor.ClearField("float_val")
-        else:
-            fill_weights(graph_def, weights)
+    constants = None if weights is None else take_weights(graph_def, weights, detach)
     placeholders = {n.name for n in graph_def.node if n.op == "Placeholder"}
     inputs = {name: name for name in modeling.INPUT_NAMES if name in placeholders}
     outputs, specs = {}, {}
