@@ -103,7 +103,8 @@ def main():
                         default="none;strip_unused,fold_constants;fused_attention;"
                                 "fused_layernorm;default")
     parser.add_argument("--settings",
-                        default="tf_defaults,onednn_off,avx2_tf_defaults,avx2_bertc,remapper_off,xla,inter_op_1")
+                        default="tf_defaults,onednn_off,avx2_tf_defaults,avx2_bertc,"
+                                "remapper_off,xla,inter_op_1")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
@@ -169,10 +170,11 @@ def main():
         ratio = r["inferences_per_s"] / base[r["model"]] if base.get(r["model"]) else float("nan")
         print(f"{r['model']:<7} {r['head']:<9} {r['passes']:<30} {r['setting']:<13} "
               f"{r['inferences_per_s']:8.2f} {100 * r['flop_utilisation']:6.1f}% {ratio:19.3f}x")
-    avx2 = {(r["model"], r["setting"], r["passes"]): r["inferences_per_s"] for r in results}
+    rates_by_key = {(r["model"], r["setting"], r["passes"]): r["inferences_per_s"]
+                    for r in results}
     for model in dict.fromkeys(r["model"] for r in results):
-        eigen = avx2.get((model, "avx2_tf_defaults", "none"))
-        ours = avx2.get((model, "avx2_bertc", "default"))
+        eigen = rates_by_key.get((model, "avx2_tf_defaults", "none"))
+        ours = rates_by_key.get((model, "avx2_bertc", "default"))
         if eigen and ours:
             print(f"{model}: on an AVX2-only CPU (simulated), bertc's default under its "
                   f"runtime (avx2_bertc) is {ours / eigen:.3f}x the unrewritten graph under "

@@ -62,9 +62,10 @@ keeps its [B, 1, N, H] and its [B, k] context.
 Math: token-wise ops compute the same rows on a subset of the rows, so every
 real token's value is the same computation.  Attention reads keys and values
 of padding positions below L as a copy of the first real token's (finite)
-instead of the unrewritten graph's (as meaningless) values, and drops positions from L on (padding in every row);
-a padded key's softmax weight is exp(score + A - max) = 0 in float32 either
-way (|scores| << 1000), so real tokens attend to the same values.  What
+instead of the unrewritten graph's (as meaningless) values, and drops positions
+from L on (padding in every row); a padded key's softmax weight is
+exp(score + A - max) = 0 in float32 either way (|scores| << 1000), so real
+tokens attend to the same values.  What
 changes: the encoder's values at padding positions read 0 (sequence_output is
 0 there; mean pooling multiplies them by the 0 mask; the pooler reads
 position 0, [CLS], a real token).  Rows whose mask is all zero (dummy rows)

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
+import bertc_testing as bt
 from bertc import tf_runtime
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = """
 import json, os, sys
@@ -26,9 +25,9 @@ def probe(first: str, variable=None) -> dict:
     if variable is not None:
         env[tf_runtime.ONEDNN_VARIABLE] = variable
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["PYTHONPATH"] = REPO_ROOT
+    env["PYTHONPATH"] = bt.REPO_ROOT
     out = subprocess.run([sys.executable, "-c", PROBE.format(first=first)], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=bt.REPO_ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
