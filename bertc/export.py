@@ -110,7 +110,7 @@ def _node_chunks(node, constants) -> list:
     value = constants.get(node.name)
     if value is None or node.op != "Const":
         return [node.SerializeToString()]
-    content = memoryview(np.ascontiguousarray(value)).cast("B")
+    content = tensor_bytes_view(value)
     light = type(node)()
     light.CopyFrom(node)
     tensor_bytes = light.attr["value"].tensor.SerializeToString()
@@ -125,6 +125,18 @@ def _node_chunks(node, constants) -> list:
     head = b"".join([light.SerializeToString(), field_header(NODE_ATTR, entry_length), key,
                      value_header, tensor_header, tensor_bytes, content_header])
     return [head, content]
+
+
+def tensor_bytes_view(value: np.ndarray) -> memoryview:
+    """The array's buffer as bytes, in TensorProto.tensor_content's layout (C order,
+    little-endian), without a copy for contiguous arrays.  Viewing as uint8 first
+    covers every dtype TensorFlow holds in numpy, including those the buffer
+    protocol cannot name (ml_dtypes' bfloat16 'E', TF's quantized structured
+    dtypes such as qint8 [('qint8', 'i1')])."""
+    array = np.ascontiguousarray(value).reshape(-1)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(array.view(np.uint8))
 
 
 def _graph_def_length(graph_def, constants) -> int:
