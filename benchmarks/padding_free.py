@@ -99,7 +99,7 @@ def main():
                     output=out, ckpt=ckpt_dir, head="sequence", batch_size=b, seq_lens=[s],
                     rewrites=passes, default_rewrites=False, verify=False))
                 runner = runners.saved_model_runner(os.path.join(out, f"seq_{s}/1"),
-                                                    grappler=True)
+                                                    throughput.SERVED_ALL_CORES)
                 closers.append(runner)
                 runs[(f"bertc [{label}]", "mrpc")] = (runner, batches)
                 runs[(f"bertc [{label}]", "full-length")] = (runner, full)

@@ -55,8 +55,11 @@ SETTINGS = {
 
 
 def session_config(remapper=True, xla=False, inter_op=None):
+    """The served session config with one setting changed (all cores, one Session)."""
     import tensorflow as tf
-    config = tf.compat.v1.ConfigProto()
+    from bertc import runners
+    config = runners.RunConfig(runners.SERVED, os.cpu_count() or 1).session_config()
+    config.inter_op_parallelism_threads = 0  # TensorFlow's default unless the setting says
     if not remapper:
         config.graph_options.rewrite_options.remapping = 2  # RewriterConfig.OFF
     if xla:
@@ -83,8 +86,8 @@ def child(args):
     runs, opened, failed = {}, [], {}
     for job in jobs:
         try:
-            runner = runners.saved_model_runner(job["path"], lift=False,
-                                                config=session_config(**job["config"]))
+            runner = runners.saved_model_runner(job["path"], runners.RunConfig(
+                proto=session_config(**job["config"])))
             runner(batch)
         except Exception as e:  # a setting a graph cannot run under is a result too
             failed[job["key"]] = str(e).strip().splitlines()[0][:160]

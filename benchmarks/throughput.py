@@ -28,6 +28,11 @@ from bertc import builder, checkpoint, defaults, rewriting, runners  # noqa: E40
 from bertc import hf_convert  # noqa: E402
 
 
+#: bertc's artifacts as `bertc serve --parallel 1` runs them: one Session on every core
+#: (the peers get every core too).
+SERVED_ALL_CORES = runners.RunConfig(runners.SERVED, os.cpu_count() or 1)
+
+
 def gemm_gflops(n: int = 2048, repeats: int = 10, trials: int = 3) -> float:
     """Best of `trials` timings of a large TF MatMul (the machine's FP32 GEMM rate)."""
     import tensorflow as tf
@@ -217,7 +222,7 @@ def main():
                     output=out, ckpt=ckpt_dir, head="sequence", batch_size=b, seq_lens=[s],
                     rewrites=names, default_rewrites=False, verify=False))
                 runner = runners.saved_model_runner(os.path.join(out, "seq_%d/1" % s),
-                                                    grappler=True, lift=False)
+                                                    SERVED_ALL_CORES)
                 opened.append(runner)
                 sites = {r["name"]: r["sites"] for r in
                          result.manifest["rewrites"]["per_seq_len"][str(s)]}

@@ -52,6 +52,7 @@ class BuildOptions:
     dry_run: bool = False
     overwrite: bool = False
     strict: bool = False
+    allow_internal_ops: bool = False
     verify: bool = True
     verify_data: Optional[str] = None
     verify_rows: Optional[int] = None
@@ -143,7 +144,7 @@ def build(options: BuildOptions) -> BuildResult:
             neuron.preflight()
     passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
                                options.aggressive_optimizations, options.target,
-                               options.default_rewrites)
+                               options.default_rewrites, options.allow_internal_ops)
     atomic.refuse_existing(os.path.abspath(options.output), options.overwrite)
     log = StageLog()
     with log.stage("read"):
@@ -184,6 +185,11 @@ def build(options: BuildOptions) -> BuildResult:
                 frozen, reports = rewriting.apply(frozen, passes, pass_options,
                                                   options.strict, consume=True)
                 rewriting.check_sites(reports, config, head)  # bertc built this graph
+                internal = rewriting.internal_ops(frozen.graph_def)
+                if internal and not options.allow_internal_ops:
+                    raise RuntimeError(f"the rewritten graph holds internal ops "
+                                       f"{', '.join(internal)} although allow_internal_ops "
+                                       "is off")
             rewrite_reports[str(seq_len)] = reports
             relative = os.path.join(f"seq_{seq_len}", "1")
             with log.stage("export"):
@@ -201,7 +207,7 @@ def build(options: BuildOptions) -> BuildResult:
                     features, source = text_features(options.verify_data, ckpt.vocab_file,
                                                      lower, seq_len, options.verify_rows)
                     verify_reports[str(seq_len)] = verify_lib.verify_runners(
-                        lambda: runners.saved_model_runner(os.path.join(tmp, relative)),
+                        runners.saved_model_runs(os.path.join(tmp, relative)),
                         # read from disk again, alive only while it runs
                         lambda: runners.graph_def_runner(reference_graph(options, head, seq_len)),
                         options.batch_size, seq_len, features,

@@ -53,6 +53,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"],
 flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
                   "LayerNorm too, as the Neuron demo.")
 flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")
+flags.DEFINE_bool("allow_internal_ops", False, "Keep internal TensorFlow ops (oneDNN's "
+                  "_MklLayerNorm) in the SavedModel instead of public ops that TensorFlow "
+                  "fuses at load; only x86 oneDNN builds of TensorFlow can run the result.")
 # Target.
 flags.DEFINE_enum("target", "cpu", ["cpu", "neuron"], "Compile target.")
 flags.DEFINE_string("compiler_args", "--fp32-cast matmult", "Neuron compiler arguments.")
@@ -141,7 +144,8 @@ def cmd_build(args):
         crude_gelu=FLAGS.crude_gelu, dtype=FLAGS.dtype,
         aggressive_optimizations=FLAGS.aggressive_optimizations, target=FLAGS.target,
         compiler_args=neuron.parse_compiler_args(FLAGS.compiler_args), dry_run=FLAGS.dry_run,
-        overwrite=FLAGS.overwrite, strict=FLAGS.strict, verify=FLAGS.verify,
+        overwrite=FLAGS.overwrite, strict=FLAGS.strict,
+        allow_internal_ops=FLAGS.allow_internal_ops, verify=FLAGS.verify,
         verify_data=FLAGS.verify_data, verify_rows=FLAGS.verify_rows,
         do_lower_case=_lower_case())
     try:

@@ -19,6 +19,12 @@ CPU_ONLY_PASSES = {
     "cls_only_tail": "it changes shapes inside the graph",
     "fused_layernorm": "_MklLayerNorm is an x86 TensorFlow op",
 }
+
+
+def internal_ops(graph_def) -> List[str]:
+    """Op types of `graph_def` outside TensorFlow's public op set (names with a
+    leading underscore, such as oneDNN's _MklLayerNorm), sorted."""
+    return sorted({n.op for n in graph_def.node if n.op.startswith("_")})
 #: The exact passes that keep every shape of the graph.
 EXACT_FUSIONS = ("strip_unused", "fold_constants", "fused_attention", "fused_layernorm")
 #: Shape-changing passes run after every other pass, in this order (the other
@@ -29,17 +35,22 @@ RUN_LAST = ("cls_only_tail", "remove_padding")
 #: cls_only_tail cuts only pooled/classifier heads (benchmarks/padding_free.py).
 CPU_DEFAULT = EXACT_FUSIONS + RUN_LAST
 #: Then these, in this order: half precision hides the float32 patterns the other
-#: passes match; cpu_embeddings reports the final graph's node names for Neuron.
-RUN_FINAL = ("mixed_precision", "cpu_embeddings")
+#: passes match; public_layernorm writes the internal ops before it in public ones;
+#: cpu_embeddings reports the final graph's node names for Neuron.
+RUN_FINAL = ("mixed_precision", "public_layernorm", "cpu_embeddings")
+#: Passes that emit internal (underscore) TensorFlow ops -> the pass that writes them
+#: in public ops at the end, unless the build allows internal ops (--allow_internal_ops).
+INTERNAL_OP_LOWERING = {"fused_layernorm": "public_layernorm"}
 #: --dtype values that add mixed_precision (float32 needs no pass).
 HALF_DTYPES = ("float16", "bfloat16")
 
 
 def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str = "float32",
-            aggressive: bool = False, target: str = "cpu", use_default: bool = True) -> List[str]:
+            aggressive: bool = False, target: str = "cpu", use_default: bool = True,
+            allow_internal_ops: bool = False) -> List[str]:
     """The ordered, de-duplicated pass names a build asks for: the target's
-    defaults, --rewrites, crude_gelu, mixed_precision for a half --dtype and,
-    on --target neuron, cpu_embeddings."""
+    defaults, --rewrites, crude_gelu, mixed_precision for a half --dtype, the
+    lowering of internal ops unless allowed and, on --target neuron, cpu_embeddings."""
     wanted = list(CPU_DEFAULT if (use_default and target == "cpu") else ())
     wanted += [r for r in rewrites if r]
     if crude_gelu or aggressive:
@@ -51,6 +62,8 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     elif "mixed_precision" in wanted:
         raise BertcError("--rewrites mixed_precision: expected --dtype float16 or bfloat16 "
                          "(the pass takes its precision from --dtype)")
+    if not allow_internal_ops:
+        wanted += [INTERNAL_OP_LOWERING[n] for n in list(wanted) if n in INTERNAL_OP_LOWERING]
     if target == "neuron":
         wanted.append("cpu_embeddings")
     ordered = []
@@ -65,6 +78,8 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
             logging.warning("rewrite %s is CPU-only (%s) and is skipped on --target neuron",
                             name, CPU_ONLY_PASSES[name])
         ordered = [n for n in ordered if n not in CPU_ONLY_PASSES]
+    emitters = {lowering: emitter for emitter, lowering in INTERNAL_OP_LOWERING.items()}
+    ordered = [n for n in ordered if n not in emitters or emitters[n] in ordered]
     _check_known(ordered)
     return ordered
 

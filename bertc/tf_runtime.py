@@ -27,6 +27,14 @@ import sys
 from typing import MutableMapping, Optional
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+#: Replicas `bertc serve` runs by default, each one Session; 2 x 1 thread beat
+#: 1 x 2 threads on 2 cores (bertc/serving/defaults.py, BENCHMARKS.md).
+DEFAULT_REPLICAS = 2
+
+
+def default_intra_op_threads(replicas: int = DEFAULT_REPLICAS) -> int:
+    """Intra-op threads of one served Session when `replicas` Sessions share the CPU."""
+    return max(1, (os.cpu_count() or 1) // replicas)
 
 
 def apply_defaults(environ: Optional[MutableMapping[str, str]] = None) -> bool:

@@ -10,6 +10,13 @@ MRPC-format TSV or a plain text file, and (b) random ids with random valid masks
 `sequence_output` is compared at real (mask = 1) positions only. Batches are
 filled to the static batch size with all-padding dummy rows, whose results are
 dropped, as a server does.
+
+The artifact is run twice (bertc.runners): `served`, exactly as `bertc serve`
+runs it (weights as constants, Grappler's optimizers and the oneDNN remapper on,
+the server's thread settings), and `as_written` (Grappler off, weights fed).
+The thresholds apply to the served run, what users get; the as-written run shows
+what the graph itself computes, so a gap between the two is Grappler's doing.
+The reference is always run as written.
 """
 
 import dataclasses
@@ -134,49 +141,68 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                    text_features: Optional[Dict[str, np.ndarray]], vocab_size: int,
                    type_vocab_size: int, thresholds: dict, random_rows: int = 32,
                    text_source: str = None) -> dict:
-    """The full verify report: per input set, per output, and pass/fail.
+    """The full verify report: per run of the artifact, per input set, per output,
+    and pass/fail.
 
     Args:
-      artifact, reference: factories of runners (callables feeds -> outputs, with
-        an optional close()); each is made once and run on every input set, the
-        reference first, so only one model is in memory at a time.
+      artifact: {run name: (runner factory, description)}, the run the thresholds
+        apply to first (bertc.runners.saved_model_runs: 'served', then
+        'as_written'); or one runner factory.
+      reference: a runner factory.  A factory is called once and its runner run
+        on every input set, the reference first, so one model is in memory at a time.
+    Returns: {'checked': the first run's name, 'inputs': that run's per-set
+      statistics, 'runs': {name: {'config', 'inputs'}}, 'failures', 'passed', ...}.
     """
+    runs = artifact if isinstance(artifact, dict) else {"artifact": (artifact, {})}
     sets = input_sets(text_features, text_source, seq_len, vocab_size, type_vocab_size,
                       random_rows)
+    checked = next(iter(runs))
     report = {"thresholds": thresholds, "batch_size": batch_size, "seq_len": seq_len,
-              "inputs": {}, "failures": []}
+              "checked": checked, "inputs": {}, "runs": {}, "failures": []}
     batches = {name: pad_rows(features, batch_size) for name, (features, _) in sets.items()}
     every = [b for set_batches in batches.values() for b in set_batches]
     want = run_all(reference, every)  # each model is built once and alone in memory
-    got = run_all(artifact, every)
-    start = 0
-    for set_name, (features, source) in sets.items():
-        end = start + len(batches[set_name])
-        stats = compare_results(got[start:end], want[start:end], batches[set_name])
-        start = end
-        report["inputs"][set_name] = {"rows": int(len(features["input_ids"])),
-                                      "source": source, "outputs": stats}
-        report["failures"] += [f"{set_name}: {line}" for line in check(stats, thresholds)]
-        for output, s in stats.items():
-            logging.info("verify %-6s %-16s max_abs %.3g  max_rel %.3g  min_cos %.7f%s",
-                         set_name, output, s["max_abs"], s["max_rel"], s["min_cos"],
-                         f"  argmax {s['argmax']:.4f}" if "argmax" in s else "")
+    for run_name, (factory, description) in runs.items():
+        got = run_all(factory, every)
+        inputs, start = {}, 0
+        for set_name, (features, source) in sets.items():
+            end = start + len(batches[set_name])
+            stats = compare_results(got[start:end], want[start:end], batches[set_name])
+            start = end
+            inputs[set_name] = {"rows": int(len(features["input_ids"])), "source": source,
+                                "outputs": stats}
+            if run_name == checked:
+                report["failures"] += [f"{set_name}: {line}"
+                                       for line in check(stats, thresholds)]
+            for output, s in stats.items():
+                logging.info("verify %s %-6s %-16s max_abs %.3g  max_rel %.3g  min_cos %.7f%s",
+                             run_name, set_name, output, s["max_abs"], s["max_rel"],
+                             s["min_cos"],
+                             f"  argmax {s['argmax']:.4f}" if "argmax" in s else "")
+        report["runs"][run_name] = {"config": description, "inputs": inputs}
+    report["inputs"] = report["runs"][checked]["inputs"]
     report["passed"] = not report["failures"]
     return report
 
 
 def format_report(report: dict) -> str:
-    """A human-readable table of a verify report (for the CLI to print)."""
+    """A human-readable table of a verify report (for the CLI to print): every run,
+    the checked one first and marked as the one the thresholds apply to."""
     lines = [f"verify: batch {report['batch_size']} x seq {report['seq_len']}, thresholds "
-             + ", ".join(f"{k} {v}" for k, v in report["thresholds"].items() if v is not None)]
-    lines.append(f"  {'inputs':<8} {'output':<16} {'max_abs':>10} {'max_rel':>10} "
+             + ", ".join(f"{k} {v}" for k, v in report["thresholds"].items() if v is not None)
+             + (f" (applied to the {report['checked']} run)" if len(report.get("runs", {})) > 1
+                else "")]
+    lines.append(f"  {'run':<10} {'inputs':<8} {'output':<16} {'max_abs':>10} {'max_rel':>10} "
                  f"{'min_cos':>11} {'argmax':>8}")
-    for set_name, entry in report["inputs"].items():
-        for output, s in entry["outputs"].items():
-            arg = f"{s['argmax']:.4f}" if "argmax" in s else "-"
-            lines.append(f"  {set_name:<8} {output:<16} {s['max_abs']:>10.3g} {s['max_rel']:>10.3g} "
-                         f"{s['min_cos']:>11.7f} {arg:>8}")
-        lines[-1] += f"   ({entry['rows']} rows{', ' + entry['source'] if entry['source'] else ''})"
+    runs = report.get("runs") or {report.get("checked", "artifact"): {"inputs": report["inputs"]}}
+    for run_name, run in runs.items():
+        for set_name, entry in run["inputs"].items():
+            for output, s in entry["outputs"].items():
+                arg = f"{s['argmax']:.4f}" if "argmax" in s else "-"
+                lines.append(f"  {run_name:<10} {set_name:<8} {output:<16} {s['max_abs']:>10.3g} "
+                             f"{s['max_rel']:>10.3g} {s['min_cos']:>11.7f} {arg:>8}")
+            lines[-1] += (f"   ({entry['rows']} rows"
+                          f"{', ' + entry['source'] if entry['source'] else ''})")
     lines.append("verify: PASSED" if report["passed"] else
                  "verify: FAILED: " + "; ".join(report["failures"]))
     return "\n".join(lines)

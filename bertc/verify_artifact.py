@@ -61,7 +61,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         features, source = builder.text_features(data, vocab, doc["tokenizer"]["do_lower_case"],
                                                  seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(
-            lambda: runners.saved_model_runner(os.path.join(artifact, entry["path"])),
+            runners.saved_model_runs(os.path.join(artifact, entry["path"])),
             lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)

@@ -2,8 +2,9 @@
 
 The canonical order is the order a build should run passes in: clean the graph
 up (strip, fold), fuse the big structures (attention, LayerNorm), then the
-approximations (one GELU form), half precision last of the rewrites, and
-cpu_embeddings, which only reports the final graph's Neuron partition.
+approximations (one GELU form), half precision last of the rewrites, then
+public_layernorm, which writes the internal ops the others made in public ones,
+and cpu_embeddings, which only reports the final graph's Neuron partition.
 """
 
 from typing import Dict, List, Sequence, Type
@@ -16,6 +17,7 @@ from rewrites.fold_constants import FoldConstants
 from rewrites.fused_attention import FusedAttention
 from rewrites.fused_layernorm import FusedLayerNorm
 from rewrites.mixed_precision import MixedPrecision
+from rewrites.public_layernorm import PublicLayerNorm
 from rewrites.remove_padding import RemovePadding
 from rewrites.strip_unused import StripUnused
 from rewrites.tanh_gelu import TanhGelu
@@ -23,7 +25,7 @@ from rewrites.tanh_gelu import TanhGelu
 #: Every pass, in canonical pipeline order.
 CANONICAL_ORDER: List[Type[RewritePass]] = [
     StripUnused, FoldConstants, FusedAttention, FusedLayerNorm, CrudeGelu, TanhGelu,
-    ClsOnlyTail, RemovePadding, MixedPrecision, CpuEmbeddings]
+    ClsOnlyTail, RemovePadding, MixedPrecision, PublicLayerNorm, CpuEmbeddings]
 
 PASSES: Dict[str, Type[RewritePass]] = {cls.name: cls for cls in CANONICAL_ORDER}
 

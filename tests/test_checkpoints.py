@@ -444,7 +444,7 @@ def test_bfloat16_build_verifies_and_is_not_exact(tiny_ckpt, tmp_path):
     with open(os.path.join(out, "bertc.json"), encoding="utf-8") as f:
         doc = json.load(f)
     assert doc["options"]["dtype"] == "bfloat16"
-    assert doc["rewrites"]["requested"][-1] == "mixed_precision"
+    assert doc["rewrites"]["requested"][-2:] == ["mixed_precision", "public_layernorm"]
     assert doc["rewrites"]["exact"] is False
     (report,) = [r for r in doc["rewrites"]["per_seq_len"][str(SEQ)]
                  if r["name"] == "mixed_precision"]

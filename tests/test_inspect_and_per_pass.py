@@ -53,7 +53,9 @@ def test_inspect_artifact_histogram_and_parameters(crude_artifact, tmp_path):
     assert after["MatMul"] == before["MatMul"] - 2 + 1
     assert before["Transpose"] == 4 and after.get("Transpose", 0) == 2
     assert after.get("Split", 0) == 0
-    assert after.get("_MklLayerNorm", 0) == 3 and after.get("SquaredDifference", 0) == 0
+    # fused_layernorm's three _MklLayerNorms, written in public ops by public_layernorm
+    assert after.get("FusedBatchNormV3", 0) == 3 and after.get("SquaredDifference", 0) == 0
+    assert not any(op.startswith("_") for op in after)
     # The parameter count of the float weights is the checkpoint's (pooled head keeps all
     # but the position rows past SEQ, folded away by fold_constants).
     p_before = report["parameters_before"]["float32"]["parameters"]
@@ -64,18 +66,19 @@ def test_inspect_artifact_histogram_and_parameters(crude_artifact, tmp_path):
         files = os.listdir(tmp_path / "tb" / run)
         assert files and all(f.startswith("events.out.tfevents") for f in files)
     text = inspection.format_inspection(report)
-    assert "_MklLayerNorm" in text and "crude_gelu" in text
+    assert "FusedBatchNormV3" in text and "crude_gelu" in text
 
 
 def test_inspect_checkpoint_runs_the_cpu_default(tiny_ckpt):
     report = inspection.inspect_path(tiny_ckpt, batch_size=BATCH, seq_len=SEQ)
     assert report["kind"] == "checkpoint"
-    assert [s["name"] for s in report["sites"]] == list(rewriting.CPU_DEFAULT)
+    assert [s["name"] for s in report["sites"]] == list(rewriting.CPU_DEFAULT) + [
+        "public_layernorm"]
     before, after = report["ops_before"], report["ops_after"]
     assert sum(before.values()) == report["nodes_before"]
     assert sum(after.values()) == report["nodes_after"]
     # what the passes put in and took out, by op type
-    assert "_MklLayerNorm" in after and "_MklLayerNorm" not in before
+    assert "FusedBatchNormV3" in after and "FusedBatchNormV3" not in before
     assert after.get("Rsqrt", 0) < before["Rsqrt"]
     assert after.get("Where", 0) == 2 and "Where" not in before  # remove_padding's indices
 

@@ -133,7 +133,7 @@ def test_public_api_lists_and_describes_passes():
     names = rewrites.available_passes()
     assert names == ["strip_unused", "fold_constants", "fused_attention", "fused_layernorm",
                      "crude_gelu", "tanh_gelu", "cls_only_tail", "remove_padding",
-                     "mixed_precision", "cpu_embeddings"]
+                     "mixed_precision", "public_layernorm", "cpu_embeddings"]
     for name in names:
         info = rewrites.describe(name)
         assert info["name"] == name and isinstance(info["exact"], bool) and info["bound"]

@@ -100,8 +100,9 @@ def test_verify_fails_a_tampered_artifact_naming_the_output(verify_runs):
     failed = proc.stdout.split("verify: FAILED", 1)[1]
     assert "logits: max_abs" in failed
     # The bias moved by exactly 0.01: the report's logits max_abs says so.
-    row = [ln for ln in proc.stdout.splitlines() if ln.split()[:2] == ["random", "logits"]][0]
-    assert abs(float(row.split()[2]) - 0.01) < 1e-4, row
+    row = [ln for ln in proc.stdout.splitlines()
+           if ln.split()[:3] == ["served", "random", "logits"]][0]
+    assert abs(float(row.split()[3]) - 0.01) < 1e-4, row
     assert line.startswith("bertc: error: verify:")
 
 

@@ -1,9 +1,9 @@
 """Replicas: worker threads, each with its own copy of the artifact's SavedModels.
 
 A replica loads every bucket's frozen SavedModel (ARTIFACT/seq_<S>/1) into one
-TF1 graph (scopes seq_<S>/) run by one Session whose intra-op thread pool is its
-own (`use_per_session_threads`), so `--parallel N` replicas with T threads each
-use N * T cores, as TF Serving's per-model session config does. The session's
+served Session (bertc.runners: scopes seq_<S>/, weights as constants, Grappler
+on, an intra-op thread pool of its own), so `--parallel N` replicas with T threads
+each use N * T cores, as TF Serving's per-model session config does. The session's
 callables are made once per bucket; a call releases the GIL while it runs.
 The worker loop takes batches from the Batcher until it is closed and drained.
 """
@@ -23,48 +23,32 @@ logger = logging.getLogger(__name__)
 
 
 class SessionModel:
-    """All buckets of an artifact in one Session: run(seq_len, [B, S] inputs) -> outputs."""
+    """All buckets of an artifact in one served Session (bertc.runners.ServedSession,
+    the runner verify and the benchmarks use too): run(seq_len, [B, S] inputs) -> outputs."""
 
     def __init__(self, art, intra_op_threads: int):
-        import tensorflow as tf
-
-        import rewrites
-        from bertc import saved_model_reader
+        from bertc import runners, saved_model_reader
         self._input_names = list(art.inputs)
-        self._calls = {}
-        self._output_names = {}
-        graph = tf.Graph()
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                          inter_op_parallelism_threads=1,
-                                          use_per_session_threads=True)
-        self._session = tf.compat.v1.Session(graph=graph, config=config)
+        self._session = runners.ServedSession(runners.RunConfig(runners.SERVED,
+                                                                intra_op_threads))
         for seq_len in art.seq_lens:
             export_dir = art.saved_model_dir(seq_len)
-            path = os.path.join(export_dir, "saved_model.pb")
             graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
-            scope = f"seq_{seq_len}"
-            with graph.as_default():
-                tf.compat.v1.import_graph_def(rewrites.attach_constants(graph_def, constants),
-                                              name=scope)
+            missing = [n for n in self._input_names if n not in signature.inputs]
+            if missing:
+                raise BertcError(f"{os.path.join(export_dir, 'saved_model.pb')}: signature has "
+                                 f"no input {missing[0]!r}; expected "
+                                 f"{', '.join(self._input_names)}")
+            self._session.add(f"seq_{seq_len}", graph_def, constants,
+                              [signature.inputs[n].name for n in self._input_names],
+                              {n: i.name for n, i in signature.outputs.items()})
             del graph_def, constants
-            try:
-                feeds = [graph.get_tensor_by_name(f"{scope}/{signature.inputs[n].name}")
-                         for n in self._input_names]
-            except KeyError as e:
-                raise BertcError(f"{path}: signature has no input {e}; expected "
-                                 f"{', '.join(self._input_names)}") from None
-            names = sorted(signature.outputs)
-            fetches = [graph.get_tensor_by_name(f"{scope}/{signature.outputs[n].name}")
-                       for n in names]
-            self._output_names[seq_len] = names
-            self._calls[seq_len] = self._session.make_callable(fetches, feed_list=feeds)
-        graph.finalize()
+        self._session.finalize()
         self._batch_size = art.batch_size
 
     def run(self, seq_len: int, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         """Runs one bucket on int32 [B, S] arrays in the artifact's input order."""
-        values = self._calls[seq_len](*inputs)
-        return dict(zip(self._output_names[seq_len], values))
+        return self._session.run(f"seq_{seq_len}", inputs)
 
     def warm_up(self, seq_lens: Sequence[int]) -> None:
         """One all-zero batch per bucket (the first run of a session optimizes it)."""

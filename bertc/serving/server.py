@@ -72,7 +72,7 @@ class ServerConfig:
     def threads_per_replica(self) -> int:
         if self.intra_op_threads:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.parallel)
+        return tf_runtime.default_intra_op_threads(self.parallel)
 
 
 ModelFactory = Callable[[artifact_lib.Artifact, int], object]
