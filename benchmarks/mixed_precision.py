@@ -60,9 +60,8 @@ def main():
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--aggressive", action="store_true")
     args = parser.parse_args()
-    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
-    print("CPU features:", " ".join(sorted({f for f in flags if f.startswith(
-        ("avx512f", "avx512_bf16", "avx512_fp16", "amx"))})) or "none of AVX-512/AMX")
+    from bertc import machine
+    print(machine.header(), flush=True)
     frozen = rg.minilm_frozen("embedding", args.batch, args.seq)
     config, _, _ = rg.minilm()
     feeds = verify.random_features(args.batch, args.seq, config.vocab_size, seed=1)

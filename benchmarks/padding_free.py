@@ -77,6 +77,8 @@ def main():
     parser.add_argument("--peers", default="torch,onnxruntime")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from bertc import machine
+    print(machine.header(), flush=True)
     b, s = args.batch_size, args.seq_len
     print(f"load average before: {os.getloadavg()}", flush=True)
     rows = []

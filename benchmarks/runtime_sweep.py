@@ -114,6 +114,8 @@ def main():
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from bertc import machine
+    print(machine.header(), flush=True)
     if args.child:
         return child(args)
     import throughput

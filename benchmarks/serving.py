@@ -303,6 +303,8 @@ def main():
     parser.add_argument("--only", choices=["calibrate", "offline", "served"], default=None)
     parser.add_argument("--out", default=os.path.join(REPO, "bench_out", "serving.json"))
     args = parser.parse_args()
+    from bertc import machine
+    print(machine.header(), flush=True)
     pairs = textdata.read_mrpc_tsv(args.tsv)
     arts = {"single_128": ensure_artifact(args.single, "128"),
             "bucketed_64_128": ensure_artifact(args.bucketed, "64,128")}

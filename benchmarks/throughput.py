@@ -190,6 +190,8 @@ def main():
                         help="passes over the stacks, in turns; each stack's best is kept")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from bertc import machine
+    print(machine.header(), flush=True)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rng = np.random.default_rng(0)
     b, s = args.batch_size, args.seq_len

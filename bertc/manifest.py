@@ -30,11 +30,12 @@ def versions() -> dict:
 def make_manifest(*, options, source, config, head, num_labels, do_lower_case, passes, exact,
                   rewrite_reports, models, thresholds, compile_calls, verify_reports, stages,
                   hints) -> dict:
-    from bertc import modeling
+    from bertc import machine, modeling
     return {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "built_on": machine.describe(),
         "source": source,
         "hints": hints,
         "config": config.to_dict(),
