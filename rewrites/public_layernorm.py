@@ -28,7 +28,11 @@ Fill, Fill, FusedBatchNormV3, Reshape, Mul, AddV2), so oneDNN builds run the
 fused kernel and every other runtime runs public ops.  The remapper wants the
 Fills, not constants, and constant folding runs first: the row count goes
 through PlaceholderWithDefault (an Identity that folding must leave alone, since
-it could be fed), so static-shape graphs fuse too.
+it could be fed), so static-shape graphs fuse too.  So does x where it is a Cast
+(mixed precision's, from the half type): the arithmetic optimizer would otherwise
+move the Cast below the Reshape (ReorderCastLikeAndValuePreserving) and the
+remapper would no longer see the Reshape.  At run time that one Identity is all
+that is left of the scaffolding (Grappler prunes the shape arithmetic).
 Error bound: float32 re-association only (the fused kernel computes the same
 sums); verify's served run checks the fused result with eps 1e-12 kept
 (tests/test_public_ops.py).
@@ -87,9 +91,11 @@ class PublicLayerNorm(RewritePass):
         image_shape = graph.add_node("ConcatV2", f"{scope}/image_shape", [
             one, rows, depth, one, const("concat_axis", np.array(0, np.int32))],
             {"T": tf.int32, "N": 4, "Tidx": tf.int32}).name
-        held = graph.add_node("PlaceholderWithDefault", f"{scope}/input", [x], {
-            "dtype": dtype, "shape": tf.compat.v1.AttrValue(
-                shape=tf.TensorShape(graph.shape(x)).as_proto())}).name
+        held = x
+        if graph.node(x).op == "Cast":  # mixed precision's Cast from the half type
+            held = graph.add_node("PlaceholderWithDefault", f"{scope}/input", [x], {
+                "dtype": dtype, "shape": tf.compat.v1.AttrValue(
+                    shape=tf.TensorShape(graph.shape(x)).as_proto())}).name
         image = graph.add_node("Reshape", f"{scope}/as_image", [held, image_shape],
                                {"T": dtype, "Tshape": tf.int32}).name
         ones = graph.add_node("Fill", f"{scope}/unit_scale", [
