@@ -40,9 +40,8 @@ def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(f"module 'bertc' has no attribute {name!r}")
     import importlib
-    value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
+    # not cached in globals(): `verify_artifact` is also the submodule's name there
+    return getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
 
 
 def __dir__():

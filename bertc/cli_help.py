@@ -52,17 +52,17 @@ def _default(flag) -> str:
     if value is None or value == []:
         return ""
     if isinstance(value, bool):
-        return f" (default: {'true' if value else 'false'})"
+        return f" (default:\u00a0{'true' if value else 'false'})"
     if isinstance(value, list):
         value = ",".join(map(str, value))
-    return f" (default: {value})"
+    return f" (default:\u00a0{value})"  # kept on one line by the wrapping
 
 
 def flag_lines(flag) -> list:
     """One flag: its name, then its help (and default) wrapped beside it."""
     text = _help_text(flag) + _default(flag)
     name = "  " + _flag_name(flag)
-    body = textwrap.wrap(text, WIDTH - NAME_COLUMN)
+    body = [line.replace("\u00a0", " ") for line in textwrap.wrap(text, WIDTH - NAME_COLUMN)]
     if len(name) >= NAME_COLUMN:
         return [name] + [" " * NAME_COLUMN + line for line in body]
     return [name.ljust(NAME_COLUMN) + body[0]] + [" " * NAME_COLUMN + line
