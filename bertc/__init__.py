@@ -7,13 +7,13 @@ Library API (the CLI is a thin layer over these):
   load_saved_model(dir) -> Checkpoint         BERT weights out of a SavedModel
   convert_hf(hf_dir, out_dir)                 Hugging Face BERT -> Google checkpoint
   WordPieceTokenizer                          Google BERT tokenization
-  BertConfig, BertcError
+  BertConfig, BertcError, CheckFailed (a check said no: verify outside its bounds)
 """
 
 __version__ = "0.1.0"
 
 from bertc import tf_runtime  # noqa: E402
-from bertc.errors import BertcError  # noqa: E402
+from bertc.errors import BertcError, CheckFailed  # noqa: E402
 from bertc.config import BertConfig  # noqa: E402
 
 # TensorFlow's oneDNN kernels on for bertc's processes; before TensorFlow is imported
@@ -21,24 +21,28 @@ from bertc.config import BertConfig  # noqa: E402
 tf_runtime.apply_defaults()
 
 
+# Documented name -> the module that defines it (imported on first use).
+_LAZY = {
+    "build": "bertc.builder", "BuildOptions": "bertc.builder", "BuildResult": "bertc.builder",
+    "verify_artifact": "bertc.verify_artifact", "load_checkpoint": "bertc.checkpoint",
+    "load_saved_model": "bertc.saved_model_source", "convert_hf": "bertc.hf_convert",
+    "WordPieceTokenizer": "bertc.tokenization",
+}
+_RENAMED = {"convert_hf": "convert"}  # the public name differs from the module's
+
+__all__ = ["build", "BuildOptions", "BuildResult", "verify_artifact", "load_checkpoint",
+           "load_saved_model", "convert_hf", "WordPieceTokenizer", "BertConfig", "BertcError",
+           "CheckFailed", "__version__"]
+
+
 def __getattr__(name):
     """Lazy attributes: importing bertc does not import TensorFlow."""
-    if name in ("build", "BuildOptions", "BuildResult"):
-        from bertc import builder as module
-        return getattr(module, name)
-    if name == "verify_artifact":
-        from bertc.verify_artifact import verify_artifact
-        return verify_artifact
-    if name == "load_checkpoint":
-        from bertc.checkpoint import load_checkpoint
-        return load_checkpoint
-    if name == "load_saved_model":
-        from bertc.saved_model_source import load_saved_model
-        return load_saved_model
-    if name == "convert_hf":
-        from bertc.hf_convert import convert
-        return convert
-    if name == "WordPieceTokenizer":
-        from bertc.tokenization import WordPieceTokenizer
-        return WordPieceTokenizer
-    raise AttributeError(f"module 'bertc' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'bertc' has no attribute {name!r}")
+    import importlib
+    # not cached in globals(): `verify_artifact` is also the submodule's name there
+    return getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

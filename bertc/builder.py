@@ -24,17 +24,23 @@ import numpy as np
 
 from bertc import atomic, checkpoint, export, freeze, manifest, modeling, rewriting, runners
 from bertc import verify as verify_lib
-from bertc.errors import BertcError
+from bertc.errors import BertcError, CheckFailed
 from bertc.stages import StageLog
 
 TARGETS = ("cpu", "neuron")
+#: What says that an existing directory is an artifact (--overwrite may replace it).
+ARTIFACT_MARKER = atomic.json_marker(manifest.FILE_NAME, "format", manifest.FORMAT)
 
 
 @dataclasses.dataclass
 class BuildOptions:
-    """Everything a build depends on (recorded in the manifest)."""
+    """Everything a build depends on (recorded in the manifest).
 
-    output: str
+    Without ckpt or saved_model the embedded default checkpoint is built; without
+    output the artifact goes to artifacts/<source name>, as on the command line.
+    """
+
+    output: Optional[str] = None
     ckpt: Optional[str] = None
     saved_model: Optional[str] = None
     bert_config: Optional[str] = None
@@ -69,8 +75,8 @@ class BuildResult:
 
 def check_options(options: BuildOptions) -> None:
     """Flag-level validation, before any file is read."""
-    if bool(options.ckpt) == bool(options.saved_model):
-        raise BertcError("--ckpt / --saved_model: expected exactly one checkpoint source")
+    if options.ckpt and options.saved_model:
+        raise BertcError("--ckpt / --saved_model: expected at most one checkpoint source")
     if options.batch_size < 1:
         raise BertcError(f"--batch_size {options.batch_size}: expected a positive integer")
     if not options.seq_lens or any(s < 2 for s in options.seq_lens):
@@ -80,9 +86,18 @@ def check_options(options: BuildOptions) -> None:
         raise BertcError(f"--seq_len {','.join(map(str, options.seq_lens))}: repeated length")
     if options.target not in TARGETS:
         raise BertcError(f"--target {options.target}: expected one of {', '.join(TARGETS)}")
+    if options.dry_run and options.target != "neuron":
+        raise BertcError(f"--dry_run: only for a target that compiles (--target neuron); "
+                         f"got --target {options.target}")
+    check_rows(options.verify_rows)
     if options.head is not None and options.head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"--head {options.head}: expected one of "
                          f"{', '.join(modeling.HEAD_OUTPUTS)}")
+
+
+def check_rows(rows: Optional[int]) -> None:
+    if rows is not None and (isinstance(rows, bool) or rows < 1):
+        raise BertcError(f"--verify_rows {rows}: expected a positive number of rows")
 
 
 def load_source(options: BuildOptions, checksums: bool = True) -> checkpoint.Checkpoint:
@@ -111,6 +126,7 @@ def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq
                   rows: Optional[int] = None):
     """Tokenized verification text (MRPC TSV or text file); None when there is none."""
     from bertc import textdata, tokenization
+    check_rows(rows)
     path = path or textdata.default_mrpc_path()
     if not path:
         return None, None
@@ -132,9 +148,31 @@ def reference_graph(options: BuildOptions, head: str, seq_len: int) -> freeze.Fr
     return frozen
 
 
+def with_defaults(options: BuildOptions) -> BuildOptions:
+    """The embedded default checkpoint when no source is given, and the CLI's default
+    output, artifacts/<source name>. The default is converted later, if need be."""
+    from bertc import defaults
+    ckpt = options.ckpt
+    if not ckpt and not options.saved_model:
+        ckpt = defaults.default_checkpoint_dir()
+    source = ckpt or options.saved_model
+    output = options.output or os.path.join("artifacts",
+                                            os.path.basename(os.path.normpath(source)))
+    return dataclasses.replace(options, ckpt=ckpt, output=output)
+
+
+def source_dirs(options: BuildOptions) -> List[str]:
+    """The directories the build reads its checkpoint from (an output may not touch them)."""
+    source = options.ckpt or options.saved_model
+    if options.ckpt and os.path.isfile(source + ".index"):
+        source = os.path.dirname(source) or "."  # a checkpoint prefix
+    return [source]
+
+
 def build(options: BuildOptions) -> BuildResult:
     """Builds, exports, compiles and verifies an artifact; see the module docstring."""
     check_options(options)
+    options = with_defaults(options)
     neuron_args = None
     if options.target == "neuron":  # before anything else: a missing SDK is the first error
         from bertc.targets import neuron
@@ -145,8 +183,20 @@ def build(options: BuildOptions) -> BuildResult:
     passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
                                options.aggressive_optimizations, options.target,
                                options.default_rewrites, options.allow_internal_ops)
-    atomic.refuse_existing(os.path.abspath(options.output), options.overwrite)
     log = StageLog()
+    with atomic.output_directory(options.output, options.overwrite, marker=ARTIFACT_MARKER,
+                                 sources=source_dirs(options)) as tmp:
+        doc, verify_reports = _build_into(tmp, options, passes, neuron_args, log)
+    logging.info("wrote %s in %.1f s", options.output, log.total_seconds())
+    return BuildResult(artifact=os.path.abspath(options.output), manifest=doc,
+                       verify_report=verify_reports or None, stages=log.stages)
+
+
+def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: StageLog):
+    """Every stage, writing the artifact into `tmp`; returns (manifest, verify reports)."""
+    from bertc import defaults
+    if options.ckpt == defaults.default_checkpoint_dir():
+        defaults.ensure_default_checkpoint()
     with log.stage("read"):
         ckpt = load_source(options)
         config = ckpt.config
@@ -169,73 +219,69 @@ def build(options: BuildOptions) -> BuildResult:
     pass_options = rewriting.pass_options(options.dtype, options.aggressive_optimizations,
                                           options.target)
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
-    with atomic.output_directory(options.output, options.overwrite) as tmp:
-        for seq_len in sorted(options.seq_lens):
-            with log.stage("trace"):
-                concrete = freeze.trace(model, head, options.batch_size, seq_len)
-            with log.stage("freeze"):
-                frozen = freeze.freeze(concrete, options.batch_size, seq_len, model.weights,
-                                       detach=True)
-                del concrete
-                if seq_len == max(options.seq_lens):
-                    model.weights = None  # the last trace: `frozen` holds the weights now
-            with log.stage("rewrite"):
-                # The pipeline takes the frozen graph and its detached weights over (no
-                # copy); verify rebuilds the unrewritten reference from the checkpoint.
-                frozen, reports = rewriting.apply(frozen, passes, pass_options,
-                                                  options.strict, consume=True)
-                rewriting.check_sites(reports, config, head)  # bertc built this graph
-                internal = rewriting.internal_ops(frozen.graph_def)
-                if internal and not options.allow_internal_ops:
-                    raise RuntimeError(f"the rewritten graph holds internal ops "
-                                       f"{', '.join(internal)} although allow_internal_ops "
-                                       "is off")
-            rewrite_reports[str(seq_len)] = reports
-            relative = os.path.join(f"seq_{seq_len}", "1")
-            with log.stage("export"):
-                export.write_saved_model(frozen, os.path.join(tmp, relative))
-                del frozen
-                entry = {"seq_len": seq_len, "path": relative}
-                if options.target == "neuron":
-                    call = _neuron_compile(tmp, relative, seq_len, options, neuron_args, passes,
-                                           reports)
-                    compile_calls.append(call)
-                    entry["neuron_path"] = call["new_model_dir_relative"]
-                models.append(entry)
-            if options.verify:
-                with log.stage("verify"):
-                    features, source = text_features(options.verify_data, ckpt.vocab_file,
-                                                     lower, seq_len, options.verify_rows)
-                    verify_reports[str(seq_len)] = verify_lib.verify_runners(
-                        runners.saved_model_runs(os.path.join(tmp, relative)),
-                        # read from disk again, alive only while it runs
-                        lambda: runners.graph_def_runner(reference_graph(options, head, seq_len)),
-                        options.batch_size, seq_len, features,
-                        config.vocab_size, config.type_vocab_size, thresholds,
-                        text_source=source)
-        shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
-        doc = manifest.make_manifest(
-            options=options, source=ckpt.source, config=config, head=head,
-            num_labels=num_labels, do_lower_case=lower, passes=passes, exact=exact,
-            rewrite_reports=rewrite_reports, models=models, thresholds=thresholds,
-            compile_calls=compile_calls, verify_reports=verify_reports, stages=log.stages,
-            hints=ckpt.hints)
-        failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
-                  if not r["passed"]]
-        if failed:
-            raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
-                               verify_reports)
-        manifest.write(tmp, doc)
-        from bertc.serving import defaults as serving_defaults, tfserving_config
-        tfserving_config.write_tf_serving_configs(
-            tmp, doc, delay_ms=serving_defaults.MAX_BATCH_DELAY_MS,
-            base_dir=os.path.abspath(options.output))
-    logging.info("wrote %s in %.1f s", options.output, log.total_seconds())
-    return BuildResult(artifact=os.path.abspath(options.output), manifest=doc,
-                       verify_report=verify_reports or None, stages=log.stages)
+    for seq_len in sorted(options.seq_lens):
+        with log.stage("trace"):
+            concrete = freeze.trace(model, head, options.batch_size, seq_len)
+        with log.stage("freeze"):
+            frozen = freeze.freeze(concrete, options.batch_size, seq_len, model.weights,
+                                   detach=True)
+            del concrete
+            if seq_len == max(options.seq_lens):
+                model.weights = None  # the last trace: `frozen` holds the weights now
+        with log.stage("rewrite"):
+            # The pipeline takes the frozen graph and its detached weights over (no
+            # copy); verify rebuilds the unrewritten reference from the checkpoint.
+            frozen, reports = rewriting.apply(frozen, passes, pass_options,
+                                              options.strict, consume=True)
+            rewriting.check_sites(reports, config, head)  # bertc built this graph
+            internal = rewriting.internal_ops(frozen.graph_def)
+            if internal and not options.allow_internal_ops:
+                raise RuntimeError(f"the rewritten graph holds internal ops "
+                                   f"{', '.join(internal)} although allow_internal_ops is off")
+        rewrite_reports[str(seq_len)] = reports
+        relative = os.path.join(f"seq_{seq_len}", "1")
+        with log.stage("export"):
+            export.write_saved_model(frozen, os.path.join(tmp, relative))
+            del frozen
+            entry = {"seq_len": seq_len, "path": relative}
+            if options.target == "neuron":
+                call = _neuron_compile(tmp, relative, seq_len, options, neuron_args, passes,
+                                       reports)
+                compile_calls.append(call)
+                entry["neuron_path"] = call["new_model_dir_relative"]
+            models.append(entry)
+        if options.verify:
+            with log.stage("verify"):
+                features, source = text_features(options.verify_data, ckpt.vocab_file,
+                                                 lower, seq_len, options.verify_rows)
+                verify_reports[str(seq_len)] = verify_lib.verify_runners(
+                    runners.saved_model_runs(os.path.join(tmp, relative)),
+                    # read from disk again, alive only while it runs
+                    lambda: runners.graph_def_runner(reference_graph(options, head, seq_len)),
+                    options.batch_size, seq_len, features,
+                    config.vocab_size, config.type_vocab_size, thresholds,
+                    text_source=source)
+    shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
+    doc = manifest.make_manifest(
+        options=options, source=ckpt.source, config=config, head=head,
+        num_labels=num_labels, do_lower_case=lower, passes=passes, exact=exact,
+        rewrite_reports=rewrite_reports, models=models, thresholds=thresholds,
+        compile_calls=compile_calls, verify_reports=verify_reports, stages=log.stages,
+        hints=ckpt.hints)
+    failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
+              if not r["passed"]]
+    if failed:
+        raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
+                           verify_reports)
+    manifest.write(tmp, doc)
+    from bertc.serving import defaults as serving_defaults, tfserving_config
+    tfserving_config.write_tf_serving_configs(
+        tmp, doc, delay_ms=serving_defaults.MAX_BATCH_DELAY_MS,
+        artifact_name=os.path.basename(os.path.normpath(options.output)))
+    return doc, verify_reports
 
 
-class VerifyFailed(BertcError):
+class VerifyFailed(CheckFailed):
     """The built artifact differs from the reference beyond the build's thresholds."""
 
     def __init__(self, message, reports):
@@ -252,14 +298,13 @@ def _neuron_compile(tmp: str, relative: str, seq_len: int, options: BuildOptions
     new_relative = os.path.join("neuron", f"seq_{seq_len}", "1")
     partition = next((r["details"] for r in reports
                       if r["name"] == "cpu_embeddings" and r["sites"]), {})
-    call = neuron.NeuronCompileCall(
-        model_dir=os.path.join(options.output, relative),
-        new_model_dir=os.path.join(options.output, new_relative),
+    call = neuron.NeuronCompileCall(  # paths relative to the artifact: it may move
+        model_dir=relative, new_model_dir=new_relative,
         batch_size=options.batch_size, compiler_args=compiler_args,
         no_fuse_ops=partition.get("no_fuse_ops"), force_fuse_ops=partition.get("force_fuse_ops"))
     record = {"seq_len": seq_len, "dry_run": options.dry_run, "call": call.render(),
               "summary": call.summary(), "kwargs": call.kwargs(),
-              "new_model_dir_relative": new_relative}
+              "new_model_dir_relative": new_relative, "relative_to": "the artifact"}
     if options.dry_run:
         logging.info("--dry_run: would run %s", call.summary())
         return record

@@ -1,24 +1,56 @@
 """The `bertc` command line: a thin absl layer over the library.
 
-  bertc build   [--ckpt DIR | --saved_model DIR] [--crude_gelu] [--output DIR] ...
-  bertc verify  ARTIFACT [--verify_data TSV] [--json]
-  bertc convert --hf_dir DIR --output DIR
-  bertc inspect ARTIFACT_OR_CKPT [--tensorboard DIR] [--json]
-  bertc serve   --model ARTIFACT [--port 8501] [--parallel N] [--max_batch_delay_ms 5]
-  bertc client  --url http://127.0.0.1:8501 [--clients 48 --cycle 128] [--tsv TSV |
-                --pair "sentence a" "sentence b"] [--json] [--plot FILE.png]
-Every command prints its result; errors are one line on stderr and exit 1.
+  bertc build     [--ckpt DIR | --saved_model DIR] [--crude_gelu] [--output DIR] ...
+  bertc verify    ARTIFACT [--verify_data TSV] [--json]
+  bertc inspect   ARTIFACT_OR_CKPT [--tensorboard DIR] [--json]
+  bertc convert   [--hf_dir DIR --output DIR] [--overwrite]
+  bertc serve     --model ARTIFACT [--port 8501] [--parallel N] [--max_batch_delay_ms 5]
+  bertc client    --pair "sentence a" "sentence b" | [--tsv TSV] [--clients 48 --cycle 128]
+  bertc tfserving ARTIFACT [--base_dir DIR]
+  bertc help [COMMAND] | COMMAND --help | --helpfull | --version
+
+COMMANDS is the one table of which command owns which flag; a flag of another
+command is a usage error. Every command prints its result; errors are one line
+on stderr. Exit codes: 0 ok, 1 a check failed (verify outside its thresholds,
+no request answered), 2 bad input or usage, 70 internal error (a bug: one line,
+the traceback with --verbosity=1), 130 interrupted (Ctrl-C, at any moment).
 """
 
-import json
-import logging
 import os
+import signal
 import sys
 
-from absl import app, flags
+INTERRUPTED = "bertc: interrupted; nothing was written"
 
-from bertc.errors import BertcError
-from bertc.serving import defaults as serving_defaults
+
+def _interrupted_at_start_up(signum, frame):
+    """SIGINT while this module is imported: nothing can have been written yet."""
+    os.write(2, (INTERRUPTED + "\n").encode())
+    os._exit(130)
+
+
+def _catch_start_up_interrupts():
+    """The start-up handler, where SIGINT still has Python's default."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupted_at_start_up)
+    except ValueError:  # imported off the main thread
+        pass
+
+
+_catch_start_up_interrupts()
+
+import dataclasses  # noqa: E402  (after the start-up handler)
+import json  # noqa: E402
+import logging  # noqa: E402
+import traceback  # noqa: E402
+from typing import Tuple  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from bertc import cli_help  # noqa: E402
+from bertc.errors import BertcError, CheckFailed  # noqa: E402
+from bertc.serving import defaults as serving_defaults  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +72,7 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
 flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding"],
                   "Outputs to export. Default: classifier if the checkpoint has one, the "
                   "checkpoint's own (embedding for sentence-transformers), else pooled.")
-flags.DEFINE_integer("batch_size", 4, "Static batch size of the artifact.")
+flags.DEFINE_integer("batch_size", 4, "Static batch size of the artifact.", lower_bound=1)
 flags.DEFINE_list("seq_len", ["128"], "Static sequence length(s); several make buckets.")
 flags.DEFINE_enum("do_lower_case", "auto", ["auto", "true", "false"],
                   "Tokenizer lower-casing (auto: from the checkpoint).")
@@ -59,12 +91,14 @@ flags.DEFINE_bool("allow_internal_ops", False, "Keep internal TensorFlow ops (on
 # Target.
 flags.DEFINE_enum("target", "cpu", ["cpu", "neuron"], "Compile target.")
 flags.DEFINE_string("compiler_args", "--fp32-cast matmult", "Neuron compiler arguments.")
-flags.DEFINE_bool("dry_run", False, "--target neuron: record and print the compile call only.")
+flags.DEFINE_bool("dry_run", False, "With --target neuron: record and print the compile "
+                  "call only.")
 # Verify.
 flags.DEFINE_bool("verify", True, "build: verify the artifact against the reference.")
 flags.DEFINE_string("verify_data", None, "MRPC-format TSV or text file (one sentence or "
                     "tab-separated pair per line). Default: ../shared/data/glue_mrpc_dev.tsv.")
-flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows.")
+flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows (default: all).",
+                     lower_bound=1)
 flags.DEFINE_bool("json", False, "Print a machine-readable JSON report.")
 flags.DEFINE_string("tensorboard", None, "inspect: write the graphs before and after the "
                     "rewrites (weights stripped) for TensorBoard into this directory.")
@@ -78,41 +112,124 @@ flags.DEFINE_string("model_name", None, "serve: the name in /v1/models/<name> (d
 flags.DEFINE_string("host", serving_defaults.HOST, "serve: address to bind; 0.0.0.0 (all "
                     "interfaces) must be asked for.")
 flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving's REST "
-                     "port; 0: any free port, logged).")
+                     "port; 0: any free port, logged).", lower_bound=0, upper_bound=65535)
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
                      "thread with its own Session over every bucket (2 x 1 thread was "
-                     "fastest on 2 cores).")
+                     "fastest on 2 cores).", lower_bound=1)
 flags.DEFINE_integer("intra_op_threads", None, "serve: intra-op threads per replica "
-                     "(default: CPU cores / --parallel).")
+                     "(default: CPU cores / --parallel).", lower_bound=1)
 flags.DEFINE_float("max_batch_delay_ms", serving_defaults.MAX_BATCH_DELAY_MS, "serve: how "
                    "long the oldest request of a partial batch waits before the batch is "
-                   "padded and run.")
+                   "padded and run.", lower_bound=0.0)
 flags.DEFINE_integer("max_queue", serving_defaults.MAX_QUEUE, "serve: rows (model inputs) "
-                     "that may wait for a batch; beyond it requests get 503 + Retry-After.")
+                     "that may wait for a batch; beyond it requests get 503 + Retry-After.",
+                     lower_bound=1)
 flags.DEFINE_integer("max_instances", serving_defaults.MAX_INSTANCES, "serve: instances "
-                     "allowed in one request.")
+                     "allowed in one request.", lower_bound=1)
 flags.DEFINE_integer("max_body_bytes", serving_defaults.MAX_BODY_BYTES, "serve: largest "
-                     "request body (413 beyond).")
+                     "request body (413 beyond).", lower_bound=1)
 flags.DEFINE_float("paraphrase_threshold", None, "serve: cosine threshold for embedding "
                    "heads (default: the manifest's, else 0.68, calibrated for MiniLM on "
                    "MRPC dev).")
 # Client.
 flags.DEFINE_string("url", f"http://127.0.0.1:{serving_defaults.PORT}", "client: the "
                     "server's base URL.")
-flags.DEFINE_integer("clients", 48, "client: concurrent clients.")
-flags.DEFINE_integer("cycle", 128, "client: requests each client sends, one at a time.")
+flags.DEFINE_integer("clients", 48, "client: concurrent clients of the load test.",
+                     lower_bound=1)
+flags.DEFINE_integer("cycle", 128, "client: requests each client of the load test sends, "
+                     "one at a time.", lower_bound=1)
 flags.DEFINE_string("tsv", None, "client: MRPC-format TSV to draw pairs from (default: "
                     "../shared/data/glue_mrpc_dev.tsv).")
-flags.DEFINE_string("pair", None, "client: send one pair instead: --pair \"sentence a\" "
-                    "\"sentence b\".")
+flags.DEFINE_string("pair", None, "client: send one request instead of a load test and "
+                    "print its answer: --pair \"sentence a\" \"sentence b\".")
 flags.DEFINE_bool("progress", False, "client: draw a progress bar on stderr even when it is "
                   "not a terminal.")
 flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs "
                     "matplotlib).")
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
-flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout.")
+flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
+flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
+                         "expected a positive number of seconds")
+# TF Serving.
+flags.DEFINE_string("base_dir", None, "tfserving: the absolute directory the artifact is "
+                    "served from (default: where it is now).")
 
-COMMANDS = ("build", "verify", "convert", "inspect", "serve", "client")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One command: its help, and the flags it owns, by group."""
+
+    summary: str
+    usage: str
+    groups: Tuple[Tuple[str, Tuple[str, ...]], ...]
+    examples: Tuple[str, ...]
+    tensorflow: bool = True         # imported (quietly) before the flags are parsed
+    log_level: int = logging.WARNING  # below --verbosity=1: serve's log is its output
+
+    @property
+    def flags(self) -> frozenset:
+        return frozenset(name for _, names in self.groups for name in names)
+
+
+# The one place that says which command owns which flag.
+COMMANDS = {
+    "build": Command(
+        "compile a checkpoint into a verified SavedModel artifact",
+        "bertc build [--ckpt DIR | --saved_model DIR] [--output DIR] [flags]",
+        (("source", ("ckpt", "saved_model", "bert_config", "vocab")),
+         ("output", ("output", "overwrite", "json")),
+         ("model", ("head", "batch_size", "seq_len", "do_lower_case")),
+         ("rewrites", ("rewrites", "default_rewrites", "crude_gelu", "dtype",
+                       "aggressive_optimizations", "strict", "allow_internal_ops")),
+         ("target", ("target", "compiler_args", "dry_run")),
+         ("verify", ("verify", "verify_data", "verify_rows"))),
+        ("bertc build --ckpt uncased_L-12_H-768_A-12 --crude_gelu --output artifacts/base",
+         "bertc build --target neuron --dry_run --output artifacts/minilm_neuron")),
+    "verify": Command(
+        "compare an artifact with the unrewritten model of its checkpoint",
+        "bertc verify ARTIFACT [flags]",
+        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),),
+        ("bertc verify artifacts/minilm --per_pass",)),
+    "inspect": Command(
+        "show what the rewrites changed (artifact) or what a checkpoint holds",
+        "bertc inspect ARTIFACT_OR_CKPT [flags]",
+        (("inspect", ("tensorboard", "json")),
+         ("checkpoint graph", ("batch_size", "seq_len"))),
+        ("bertc inspect artifacts/minilm --tensorboard /tmp/tb",)),
+    "convert": Command(
+        "write a Hugging Face BERT directory as a Google checkpoint",
+        "bertc convert [--hf_dir DIR --output DIR] [--overwrite]",
+        (("convert", ("hf_dir", "output", "overwrite")),),
+        ("bertc convert --hf_dir my_hf_bert --output checkpoints/my_bert",)),
+    "serve": Command(
+        "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
+        "bertc serve --model ARTIFACT [flags]",
+        (("model", ("model", "model_name", "paraphrase_threshold")),
+         ("network", ("host", "port", "max_body_bytes", "max_instances")),
+         ("batching", ("parallel", "intra_op_threads", "max_batch_delay_ms", "max_queue"))),
+        ("bertc serve --model artifacts/minilm --port 8501",),
+        log_level=logging.INFO),
+    "client": Command(
+        "ask a server about one sentence pair, or load-test it",
+        "bertc client [--url URL] (--pair \"sentence a\" \"sentence b\" | [--tsv TSV] "
+        "[--clients N --cycle N])",
+        (("server", ("url", "model_name", "request_timeout_s")),
+         ("one request", ("pair",)),
+         ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
+         ("output", ("json",))),
+        ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
+         "bertc client --clients 48 --cycle 16 --plot latency.png"),
+        tensorflow=False),
+    "tfserving": Command(
+        "print the artifact's TensorFlow Serving models.config for where it is served",
+        "bertc tfserving ARTIFACT [--base_dir DIR]",
+        (("tfserving", ("base_dir",)),),
+        ("bertc tfserving artifacts/minilm --base_dir /models/minilm > models.config",),
+        tensorflow=False),
+}
+HELP_WORDS = ("-h", "--help", "-help", "--helpshort", "-?")
+LOAD_TEST_FLAGS = ("tsv", "clients", "cycle", "seed", "progress", "plot")
 
 
 def _lower_case():
@@ -127,18 +244,24 @@ def _seq_lens():
                          "128 or 64,128") from None
 
 
-def cmd_build(args):
-    from bertc import builder, defaults, verify
+def _no_arguments(command, args, expected="only flags"):
     if args:
-        raise BertcError(f"build: unexpected argument {args[0]!r}; expected only flags")
-    ckpt = FLAGS.ckpt
-    if not ckpt and not FLAGS.saved_model:
-        ckpt = defaults.ensure_default_checkpoint()
-    source = ckpt or FLAGS.saved_model
-    output = FLAGS.output or os.path.join("artifacts", os.path.basename(os.path.normpath(source)))
+        raise BertcError(f"{command}: unexpected argument {args[0]!r}; expected {expected}")
+
+
+def _one_argument(command, args, what):
+    if len(args) != 1:
+        raise BertcError(f"{command}: expected one {what} argument, got {len(args)}")
+    return args[0]
+
+
+def cmd_build(args):
+    from bertc import builder, verify
     from bertc.targets import neuron
+    _no_arguments("build", args)
     options = builder.BuildOptions(
-        output=output, ckpt=ckpt, saved_model=FLAGS.saved_model, bert_config=FLAGS.bert_config,
+        output=FLAGS.output, ckpt=FLAGS.ckpt, saved_model=FLAGS.saved_model,
+        bert_config=FLAGS.bert_config,
         vocab=FLAGS.vocab, head=FLAGS.head, batch_size=FLAGS.batch_size, seq_lens=_seq_lens(),
         rewrites=FLAGS.rewrites, default_rewrites=FLAGS.default_rewrites,
         crude_gelu=FLAGS.crude_gelu, dtype=FLAGS.dtype,
@@ -168,9 +291,8 @@ def cmd_build(args):
 
 def cmd_verify(args):
     from bertc import verify, verify_artifact
-    if len(args) != 1:
-        raise BertcError("verify: expected one ARTIFACT directory argument")
-    report = verify_artifact.verify_artifact(args[0], data=FLAGS.verify_data,
+    artifact = _one_argument("verify", args, "ARTIFACT directory")
+    report = verify_artifact.verify_artifact(artifact, data=FLAGS.verify_data,
                                              rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
@@ -181,22 +303,21 @@ def cmd_verify(args):
             if seq_len in report["per_pass"]:
                 print(per_pass.format_per_pass(report["per_pass"][seq_len], seq_len))
     if not report["passed"]:
-        raise BertcError(f"verify: {args[0]} differs from its reference beyond the thresholds")
+        raise CheckFailed(f"verify: {artifact} differs from its reference beyond the "
+                          "thresholds")
 
 
 def cmd_inspect(args):
     from bertc import inspection
-    if len(args) != 1:
-        raise BertcError("inspect: expected one ARTIFACT or checkpoint directory argument")
-    report = inspection.inspect_path(args[0], tensorboard=FLAGS.tensorboard,
+    path = _one_argument("inspect", args, "ARTIFACT or checkpoint directory")
+    report = inspection.inspect_path(path, tensorboard=FLAGS.tensorboard,
                                      batch_size=FLAGS.batch_size, seq_len=_seq_lens()[0])
     print(json.dumps(report, indent=2) if FLAGS.json else inspection.format_inspection(report))
 
 
 def cmd_convert(args):
     from bertc import defaults, hf_convert
-    if args:
-        raise BertcError(f"convert: unexpected argument {args[0]!r}; expected only flags")
+    _no_arguments("convert", args)
     hf_dir = FLAGS.hf_dir or defaults.minilm_hf_dir()
     output = FLAGS.output or (defaults.default_checkpoint_dir() if not FLAGS.hf_dir else None)
     if not output:
@@ -207,8 +328,7 @@ def cmd_convert(args):
 
 def cmd_serve(args):
     from bertc.serving import server
-    if args:
-        raise BertcError(f"serve: unexpected argument {args[0]!r}; expected --model ARTIFACT")
+    _no_arguments("serve", args, "--model ARTIFACT")
     if not FLAGS.model:
         raise BertcError("serve: --model is required; expected an artifact directory written "
                          "by bertc build")
@@ -223,31 +343,94 @@ def cmd_serve(args):
 def cmd_client(args):
     from bertc.client import command
     pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
+    if FLAGS.pair is not None:
+        _ask_one_pair(command, pairs[0])
+        return
     summary, text = command.run_client(
         url=FLAGS.url, model_name=FLAGS.model_name, pairs=pairs, clients=FLAGS.clients,
         cycle=FLAGS.cycle, timeout_s=FLAGS.request_timeout_s, seed=FLAGS.seed,
         progress=FLAGS.progress, plot=FLAGS.plot)
     print(json.dumps(summary, indent=2) if FLAGS.json else text)
     if not summary["ok"]:
-        raise BertcError(f"client: none of {summary['requests']} requests succeeded")
+        raise CheckFailed(f"client: none of {summary['requests']} requests succeeded")
+
+
+def _ask_one_pair(command, pair):
+    """`client --pair A B`: one request, its answer printed; load-test flags refused."""
+    given = [name for name in LOAD_TEST_FLAGS if FLAGS[name].present]
+    if given:
+        raise BertcError(f"--{given[0]}: a load-test flag; --pair sends one request "
+                         "(for a load test leave out --pair)")
+    asked = command.ask_pair(url=FLAGS.url, model_name=FLAGS.model_name, pair=pair,
+                             timeout_s=FLAGS.request_timeout_s)
+    print(json.dumps(asked, indent=2) if FLAGS.json else command.format_answer(asked))
+
+
+def cmd_tfserving(args):
+    from bertc.serving import tfserving_config
+    artifact = _one_argument("tfserving", args, "ARTIFACT directory")
+    print(tfserving_config.models_config_for(artifact, FLAGS.base_dir), end="")
+
+
+def check_flag_owners(command: str) -> None:
+    """A bertc flag given on the command line must belong to `command`."""
+    owned = COMMANDS[command].flags
+    for name in sorted(set().union(*(c.flags for c in COMMANDS.values())) - owned):
+        if FLAGS[name].present:
+            owners = [f"bertc {c}" for c, spec in COMMANDS.items() if name in spec.flags]
+            raise BertcError(f"--{name}: not a flag of bertc {command} (it belongs to "
+                             f"{', '.join(owners)}); see bertc {command} --help")
+
+
+def _configure_logging(command: str) -> None:
+    """Below --verbosity=1 only warnings, and the build's stage lines; 1: INFO; 2: DEBUG."""
+    verbosity = FLAGS.verbosity
+    level = (COMMANDS[command].log_level if verbosity < 1
+             else logging.INFO if verbosity == 1 else logging.DEBUG)
+    logging.getLogger().setLevel(level)
+    if level > logging.INFO:
+        from bertc import stages
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        stages.logger.addHandler(handler)
+        stages.logger.setLevel(logging.INFO)
+        stages.logger.propagate = False
+
+
+def _error(message: str) -> None:
+    print(f"bertc: error: {message}", file=sys.stderr)
+
+
+def _internal_error(e: Exception) -> None:
+    """A bug, not bad input: one line; the traceback too with --verbosity=1."""
+    if FLAGS.verbosity >= 1:
+        traceback.print_exc()
+        hint = "the traceback is above"
+    else:
+        hint = "run with --verbosity=1 for the traceback"
+    message = " ".join(str(e).split())
+    print(f"bertc: internal error: {type(e).__name__}: {message} ({hint})", file=sys.stderr)
 
 
 def main(argv):
-    args = argv[1:]
-    if not args or args[0] not in COMMANDS:
-        got = f" {args[0]!r}" if args else ""
-        print(f"bertc: error: unknown command{got}; expected one of {', '.join(COMMANDS)} "
-              "(bertc --helpfull lists every flag)", file=sys.stderr)
-        return 2
-    logging.getLogger().setLevel(logging.INFO)
+    """Runs argv[1], the command, with the parsed flags; returns the exit code."""
+    command, args = argv[1], argv[2:]
+    _configure_logging(command)
     try:
-        globals()[f"cmd_{args[0]}"](args[1:])
-    except BertcError as e:
-        print(f"bertc: error: {e}", file=sys.stderr)
+        check_flag_owners(command)
+        globals()[f"cmd_{command}"](args)
+    except CheckFailed as e:
+        _error(e)
         return 1
+    except BertcError as e:
+        _error(e)
+        return 2
     except KeyboardInterrupt:
-        print("bertc: interrupted; nothing was written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: reported in one line, exit 70
+        _internal_error(e)
+        return 70
     return 0
 
 
@@ -269,22 +452,100 @@ def _import_tensorflow_quietly():
         os.close(devnull)
 
 
-def run():
-    """Console-script entry point."""
+def _tensorflow_version() -> str:
+    _import_tensorflow_quietly()
+    tf = sys.modules.get("tensorflow")
+    return getattr(tf, "__version__", "not installed")
+
+
+def _expand_v(args):
+    """A bare `-v` (no number after it) means --verbosity=1."""
+    expanded = []
+    for i, arg in enumerate(args):
+        following = args[i + 1] if i + 1 < len(args) else ""
+        bare = arg == "-v" and not following.lstrip("-").isdigit()
+        expanded.append("--verbosity=1" if bare else arg)
+    return expanded
+
+
+def _before_flags(args):
+    """Help, --version and unknown commands, answered before absl parses anything.
+
+    Returns the exit code, or None when args[0] is a command to run.
+    """
+    words = args[:args.index("--")] if "--" in args else args
+    if not args or args[0] in ("help",) + HELP_WORDS:
+        topic = args[1] if args[:1] == ["help"] and len(args) > 1 else None
+        if topic is None:
+            print(cli_help.overview(COMMANDS))
+            return 0
+        if topic not in COMMANDS:
+            return _unknown_command(topic)
+        print(cli_help.command_help(topic, COMMANDS[topic], FLAGS))
+        return 0
+    if "--helpfull" in words:
+        print(FLAGS.get_help(include_special_flags=True))
+        return 0
+    if args[0] == "--version":
+        print(cli_help.versions(_tensorflow_version()))
+        return 0
+    if args[0] not in COMMANDS:
+        return _unknown_command(args[0])
+    if any(word in HELP_WORDS for word in words[1:]):
+        print(cli_help.command_help(args[0], COMMANDS[args[0]], FLAGS))
+        return 0
+    return None
+
+
+def _unknown_command(word: str) -> int:
+    where = ("expected the command first: bertc COMMAND [flags]" if word.startswith("-")
+             else "unknown command")
+    _error(f"{word}: {where}; expected one of {', '.join(COMMANDS)} (bertc help)")
+    return 2
+
+
+def _run(argv) -> int:
+    args = _expand_v(argv[1:])
+    code = _before_flags(args)
+    if code is not None:
+        return code
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "client" not in sys.argv[1:2]:  # the client speaks HTTP only
+    if COMMANDS[args[0]].tensorflow:
         _import_tensorflow_quietly()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    command = args[0]
+    app.run(lambda parsed: sys.exit(main(parsed)), argv=[argv[0]] + args,
+            flags_parser=lambda a: _parse_flags(a, command))
+    return 0
 
 
-def _parse_flags(argv):
+def run():
+    """Console-script entry point: `bertc COMMAND [flags]`."""
+    try:
+        sys.exit(_run(sys.argv))
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+
+
+def _parse_flags(argv, command: str):
     """absl's parsing, with a bad flag reported on one line (absl prints two, 'FATAL ...')."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        print(f"bertc: error: {e}; see bertc --helpfull", file=sys.stderr)
+        _error(f"{str(e).removeprefix('flag ')}; see bertc {command} --help")
         sys.exit(2)
 
+
+def _end_of_start_up():
+    """Importing is over: SIGINT raises KeyboardInterrupt again (run() reports it)."""
+    try:
+        if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:
+        pass
+
+
+_end_of_start_up()
 
 if __name__ == "__main__":
     run()

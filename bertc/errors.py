@@ -2,7 +2,8 @@
 
 A `BertcError` carries a single line that names the file, flag, field or tensor
 at fault and what was expected. The CLI prints it as `bertc: error: <line>` and
-exits non-zero without a traceback; library callers can catch it.
+exits 2 (bad input) or, for a `CheckFailed`, 1, without a traceback; library
+callers can catch it.
 """
 
 
@@ -11,3 +12,10 @@ class BertcError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+class CheckFailed(BertcError):
+    """A check ran and said no (verify outside its thresholds, no request answered).
+
+    The CLI exits 1 for it; every other BertcError is bad input and exits 2.
+    """

@@ -31,6 +31,8 @@ _HF_TO_GOOGLE_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_a
                         "attention_probs_dropout_prob", "max_position_embeddings",
                         "type_vocab_size", "initializer_range")
 _IGNORED_HF = re.compile(r"^(cls\.|.*position_ids$|.*\.num_batches_tracked$)")
+#: The bertc_hints.json key every conversion writes: the marker of a converted checkpoint.
+CONVERTED_FROM = "converted_from"
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -117,7 +119,7 @@ def read_hf_directory(hf_dir: str):
 
 def _hints(hf_dir: str) -> dict:
     """What the original directory says about its use: head and lower-casing."""
-    hints = {"converted_from": os.path.abspath(hf_dir)}
+    hints = {CONVERTED_FROM: os.path.abspath(hf_dir)}
     tok_config = os.path.join(hf_dir, "tokenizer_config.json")
     if os.path.isfile(tok_config):
         with open(tok_config, encoding="utf-8") as f:
@@ -144,11 +146,16 @@ def _hints(hf_dir: str) -> dict:
 def convert(hf_dir: str, out_dir: str, overwrite: bool = False) -> str:
     """Writes the Google-format checkpoint of `hf_dir` to `out_dir` (atomically).
 
-    Returns the checkpoint prefix. Refuses an existing `out_dir` unless overwrite.
+    Returns the checkpoint prefix. Refuses an existing `out_dir` unless overwrite
+    and it is empty or a checkpoint bertc converted: its bertc_hints.json records
+    `converted_from` (every conversion writes it).
     """
     from bertc import atomic
-    config, weights, vocab_file, hints = read_hf_directory(hf_dir)
-    with atomic.output_directory(out_dir, overwrite=overwrite, flag="--output") as tmp:
+    marker = atomic.json_marker(checkpoint.HINTS_FILE, CONVERTED_FROM)
+    # the output is checked (and its temporary directory made) before anything is read
+    with atomic.output_directory(out_dir, overwrite=overwrite, flag="--output",
+                                 marker=marker, sources=[hf_dir]) as tmp:
+        config, weights, vocab_file, hints = read_hf_directory(hf_dir)
         checkpoint.write_checkpoint(tmp, config, weights, vocab_file, hints)
     logging.info("wrote Google checkpoint %s (%d tensors)", out_dir, len(weights))
     return os.path.join(out_dir, checkpoint.DEFAULT_PREFIX)

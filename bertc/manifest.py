@@ -39,8 +39,9 @@ def make_manifest(*, options, source, config, head, num_labels, do_lower_case, p
         "source": source,
         "hints": hints,
         "config": config.to_dict(),
+        # every option but --output: where the artifact lives is not part of it (it may move)
         "options": {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in dataclasses.asdict(options).items()},
+                    for k, v in dataclasses.asdict(options).items() if k != "output"},
         "head": head,
         "num_labels": num_labels,
         "batch_size": options.batch_size,

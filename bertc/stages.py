@@ -6,6 +6,9 @@ import resource
 import sys
 import time
 
+#: The stage lines' logger: the CLI shows it at its default verbosity.
+logger = logging.getLogger(__name__)
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
@@ -27,7 +30,7 @@ class StageLog:
         peak = peak_rss_mb()
         self.stages.append({"stage": name, "seconds": round(seconds, 3),
                             "peak_rss_mb": round(peak, 1)})
-        logging.info("stage %-8s %7.2f s   peak memory %8.1f MiB", name, seconds, peak)
+        logger.info("stage %-8s %7.2f s   peak memory %8.1f MiB", name, seconds, peak)
 
     def total_seconds(self) -> float:
         return sum(s["seconds"] for s in self.stages)

@@ -1,5 +1,5 @@
 """Bad input through the real CLI: one `bertc: error:` line naming the culprit, no
-traceback, non-zero exit, nothing written (no --output, no temporary directory).
+traceback, exit 2, nothing written (no --output, no temporary directory).
 
 Every case is a copy of one valid tiny checkpoint with one thing broken. Each CLI
 run is its own process running the `bertc` console entry point (bertc.cli.run) with
@@ -134,7 +134,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(runs, name):
     proc, output, ckpt, before = runs[name]
     needles = CASES[name][2]
     line = bt.assert_one_error(proc, *needles)
-    assert proc.returncode == 1, line
+    assert proc.returncode == 2, line  # bad input (1 is for a check that failed)
     assert "wrote" not in proc.stdout
     parent = os.path.dirname(output)
     assert bt.leftovers(parent) == [], os.listdir(parent)

@@ -82,13 +82,50 @@ def test_cli_json_summary_parses(server, mrpc):
     assert "[" not in done.stderr  # no progress bar when stderr is not a terminal
 
 
-def test_cli_pair_asks_the_model_name_and_prints_the_answer(server):
+def _requests_served(url):
+    """The server's count of answered :classify requests, from /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("bertc_requests_total") and 'route="classify"' in line)
+
+
+def test_cli_pair_sends_one_request_and_prints_the_decision(server):
+    before = _requests_served(server.url)
+    done = _cli("--url", server.url, "--pair", "The cat sat on the mat.",
+                "A cat was on the mat.")
+    assert done.returncode == 0, done.stderr
+    assert _requests_served(server.url) - before == 1  # one request, not a load test
+    first, latency = done.stdout.strip().splitlines()[:2]
+    assert first.startswith(f"model '{NAME}' at {server.url}: similarity ")
+    assert "threshold 0.6800" in first and "paraphrase (label " in first
+    assert latency.startswith("latency: ") and latency.endswith(" ms")
+    assert "requests" not in done.stdout and "accuracy" not in done.stdout
+    as_json = json.loads(_cli("--url", server.url, "--pair", "a b", "c d", "--json").stdout)
+    assert as_json["answer"]["label"] in (0, 1) and as_json["latency_ms"] > 0
+
+
+def test_cli_pair_refuses_load_test_flags(server):
+    before = _requests_served(server.url)
+    done = _cli("--url", server.url, "--pair", "a", "b", "--clients", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "bertc: error: --clients: a load-test flag; --pair sends one request (for a load "
+        "test leave out --pair)")
+    assert _requests_served(server.url) == before
+
+
+def test_cli_pair_of_an_unknown_model_fails_the_check(server):
+    done = _cli("--url", server.url, "--model_name", "nope", "--pair", "a", "b")
+    assert done.returncode == 1
+    assert "bertc: error: --url" in done.stderr and "HTTP 404" in done.stderr
+
+
+def test_cli_load_test_progress_bar(server, mrpc):
     done = _cli("--url", server.url, "--clients", "2", "--cycle", "1", "--progress",
-                "--pair", "The cat sat on the mat.", "A cat was on the mat.")
+                "--tsv", mrpc)
     assert done.returncode == 0, done.stderr
     assert "2 requests (2 clients x 1)" in done.stdout and f"model '{NAME}'" in done.stdout
-    assert "answer: label" in done.stdout and "similarity" in done.stdout
-    assert "accuracy" not in done.stdout  # no labels for --pair
     assert "2/2 requests" in done.stderr  # --progress forces the bar
 
 

@@ -34,12 +34,13 @@ def test_tf_serving_files_list_each_bucket_and_the_static_batch(tmp_path):
     assert "allowed_batch_sizes: 4" in batching
 
 
-def test_tf_serving_files_default_to_the_artifact_path(tmp_path):
+def test_tf_serving_files_default_to_paths_relative_to_the_artifact(tmp_path):
     art = tmp_path / "my_art"
     art.mkdir()
     paths = tfserving_config.write_tf_serving_configs(str(art), MANIFEST, delay_ms=2.5)
     models = open(paths["models_config"]).read()
-    assert f'base_path: "{art}/seq_64"' in models and 'name: "my_art_seq64"' in models
+    assert 'base_path: "seq_64"' in models and 'name: "my_art_seq64"' in models
+    assert str(tmp_path) not in models and "bertc tfserving" in models
     assert "batch_timeout_micros { value: 2500 }" in open(paths["batching_parameters"]).read()
 
 
@@ -48,7 +49,8 @@ def test_models_config_parses_as_model_server_config(tmp_path):
     reads models.config. (BatchingParameters is not in that package.)"""
     config_pb2 = pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
     from google.protobuf import text_format
-    paths = tfserving_config.write_tf_serving_configs(str(tmp_path), MANIFEST, delay_ms=5)
+    paths = tfserving_config.write_tf_serving_configs(str(tmp_path), MANIFEST, delay_ms=5,
+                                                      base_dir=str(tmp_path))
     models = text_format.Parse(open(paths["models_config"]).read(),
                                config_pb2.ModelServerConfig())
     configs = models.model_config_list.config

@@ -96,6 +96,7 @@ def test_verify_passes_an_exact_artifact_with_json_report(verify_runs):
 def test_verify_fails_a_tampered_artifact_naming_the_output(verify_runs):
     proc, _ = verify_runs["tampered"]
     line = bt.assert_one_error(proc, "verify", "differs from its reference")
+    assert proc.returncode == 1  # a failed check, not bad input (2)
     assert "verify: FAILED" in proc.stdout, proc.stdout
     failed = proc.stdout.split("verify: FAILED", 1)[1]
     assert "logits: max_abs" in failed

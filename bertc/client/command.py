@@ -1,4 +1,5 @@
-"""`bertc client` as a library call: pairs from the flags, load, report, plot."""
+"""`bertc client` as a library call: one pair (`--pair A B`) answered, or pairs from
+a TSV sent as a load test (clients x cycle), reported and plotted."""
 
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -7,7 +8,7 @@ from bertc import textdata
 from bertc.client import loadgen, report
 from bertc.client import plot as plot_lib
 from bertc.client import progress as progress_lib
-from bertc.errors import BertcError
+from bertc.errors import BertcError, CheckFailed
 from bertc.textdata import Pair
 
 
@@ -53,6 +54,36 @@ def run_client(*, url: str, model_name: Optional[str], pairs: Sequence[Pair], cl
         summary["plot"] = plot
     return summary, report.format_text(summary)
 
+def ask_pair(*, url: str, model_name: Optional[str], pair: Pair,
+             timeout_s: float) -> dict:
+    """`--pair A B`: one request to :classify; {url, model_name, latency_ms, answer}."""
+    result = loadgen.run(url, [pair], clients=1, cycle=1, model_name=model_name,
+                         timeout_s=timeout_s)
+    (outcome,) = result.outcomes
+    if not outcome.ok:
+        raise CheckFailed(f"--url {url}: the request to model {result.model_name!r} "
+                          f"failed ({outcome.error})")
+    return {"url": url, "model_name": result.model_name,
+            "latency_ms": 1000 * outcome.latency_s, "answer": outcome.answer}
+
+
+def format_answer(asked: dict) -> str:
+    """The decision in words, then the latency."""
+    answer = asked["answer"]
+    if "similarity" in answer:
+        verdict = "a paraphrase" if answer["paraphrase"] else "not a paraphrase"
+        decision = (f"similarity {answer['similarity']:.4f}, threshold "
+                    f"{answer['threshold']:.4f}: {verdict} (label {answer['label']})")
+    elif "score" in answer:
+        decision = f"label {answer['label']}, score {answer['score']:.4f}"
+    else:
+        decision = ", ".join(f"{k} {v}" for k, v in report.short_answer(answer).items()
+                             if k not in ("truncated", "num_tokens", "seq_lens"))
+    lines = [f"model {asked['model_name']!r} at {asked['url']}: {decision}",
+             f"latency: {asked['latency_ms']:.1f} ms"]
+    if answer.get("truncated"):
+        lines.append("truncated: the pair was longer than the longest bucket")
+    return "\n".join(lines)
 
 
 def _progress_bar(total: int, requested: bool) -> progress_lib.ProgressBar:

@@ -50,11 +50,11 @@ def summarize(result: LoadResult) -> dict:
         "latency_ms": latency,
         "truncated": sum(1 for o in ok if o.truncated),
         "accuracy": accuracy,
-        "example_answer": _short(ok[0].answer) if ok else None,
+        "example_answer": short_answer(ok[0].answer) if ok else None,
     }
 
 
-def _short(answer: Optional[dict]) -> Optional[dict]:
+def short_answer(answer: Optional[dict]) -> Optional[dict]:
     """An answer without long vectors (embeddings), for the report."""
     if not isinstance(answer, dict):
         return None

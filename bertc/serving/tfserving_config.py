@@ -4,14 +4,18 @@
 C++ batcher, many hosts behind a balancer) `bertc build` writes beside bertc.json:
 
   ARTIFACT/models.config             a ModelServerConfig: one model per bucket,
-                                     named <name>_seq<S>, base_path ARTIFACT/seq_<S>
+                                     named <name>_seq<S>, base_path seq_<S>
+                                     (relative to the artifact, so it can move)
   ARTIFACT/batching_parameters.txt   BatchingParameters: max_batch_size and
                                      allowed_batch_sizes = the static batch size,
                                      batch_timeout_micros = the batching delay
 
-and TF Serving runs them with
+TF Serving wants absolute base paths, so `bertc tfserving ARTIFACT [--base_dir DIR]`
+renders the config for the place where the artifact is served (DIR, by default
+where it is now), and TF Serving runs it with
+  bertc tfserving ARTIFACT > /tmp/models.config
   tensorflow_model_server --rest_api_port=8501 \\
-      --model_config_file=ARTIFACT/models.config \\
+      --model_config_file=/tmp/models.config \\
       --enable_batching --batching_parameters_file=ARTIFACT/batching_parameters.txt
 The SavedModels have a static batch, so every TF Serving batch is padded to it
 (allowed_batch_sizes) and a request may carry at most batch_size instances; the
@@ -29,8 +33,14 @@ def model_name(artifact_name: str, seq_len: int) -> str:
     return f"{artifact_name}_seq{seq_len}"
 
 
+RELATIVE_NOTE = ("# base_path is relative to this artifact; TensorFlow Serving needs absolute "
+                 "paths:\n# `bertc tfserving ARTIFACT [--base_dir DIR]` prints this config "
+                 "for where it is served.\n")
+
+
 def render_models_config(manifest: dict, base_dir: str, artifact_name: str) -> str:
-    """The ModelServerConfig text proto: one `config` per sequence bucket."""
+    """The ModelServerConfig text proto: one `config` per sequence bucket, base paths
+    under `base_dir` ("" for paths relative to the artifact)."""
     lines = ["model_config_list {"]
     for entry in sorted(manifest["models"], key=lambda m: m["seq_len"]):
         seq_len = entry["seq_len"]
@@ -42,7 +52,7 @@ def render_models_config(manifest: dict, base_dir: str, artifact_name: str) -> s
                   '    model_platform: "tensorflow"',
                   "  }"]
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    return ("" if base_dir else RELATIVE_NOTE) + "\n".join(lines) + "\n"
 
 
 def render_batching_parameters(manifest: dict, delay_ms: float,
@@ -69,14 +79,16 @@ def write_tf_serving_configs(artifact_dir: str, manifest: dict, delay_ms: float,
         build renames into place).
       manifest: the artifact's bertc.json document (models, batch_size).
       delay_ms: the batching delay (batch_timeout_micros = 1000 * delay_ms).
-      base_dir: the artifact's final absolute path, for base_path (default:
-        artifact_dir made absolute). TF Serving needs absolute paths.
-      artifact_name: model name prefix (default: base_dir's directory name).
+      base_dir: the absolute directory the base paths start from (default: none,
+        paths relative to the artifact; see render_models_config).
+      artifact_name: model name prefix (default: the directory name of base_dir,
+        else of artifact_dir).
     Returns:
       {'models_config': path, 'batching_parameters': path}.
     """
-    base_dir = os.path.abspath(base_dir or artifact_dir)
-    artifact_name = artifact_name or os.path.basename(os.path.normpath(base_dir))
+    base_dir = os.path.abspath(base_dir) if base_dir else ""
+    artifact_name = artifact_name or os.path.basename(os.path.normpath(base_dir or
+                                                                       artifact_dir))
     paths = {"models_config": os.path.join(artifact_dir, MODELS_CONFIG),
              "batching_parameters": os.path.join(artifact_dir, BATCHING_PARAMETERS)}
     with open(paths["models_config"], "w", encoding="utf-8") as f:
@@ -88,3 +100,16 @@ def write_tf_serving_configs(artifact_dir: str, manifest: dict, delay_ms: float,
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def models_config_for(artifact: str, base_dir: Optional[str] = None) -> str:
+    """`bertc tfserving`: the artifact's models.config with absolute base paths under
+    `base_dir`, where TF Serving will find it (default: where the artifact is now)."""
+    from bertc import manifest
+    doc = manifest.read(artifact)
+    base_dir = base_dir or os.path.abspath(artifact)
+    if not os.path.isabs(base_dir):
+        from bertc.errors import BertcError
+        raise BertcError(f"--base_dir {base_dir}: expected an absolute path (TensorFlow "
+                         "Serving needs absolute base paths)")
+    return render_models_config(doc, base_dir, os.path.basename(os.path.normpath(artifact)))
