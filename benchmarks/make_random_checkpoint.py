@@ -11,8 +11,10 @@ import os
 
 import numpy as np
 
-from bertc import checkpoint, defaults, names
-from bertc.config import BertConfig
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.sources import embedded as defaults
+from bertc.model import names
+from bertc.model.config import BertConfig
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),

@@ -27,7 +27,8 @@ import tensorflow as tf  # noqa: E402
 
 import rewrites  # noqa: E402
 import rewrite_graphs as rg  # noqa: E402
-from bertc import rewriting, verify  # noqa: E402
+from bertc.builder import passes as rewriting  # noqa: E402
+from bertc.verify import compare as verify
 
 
 def _session(graph_def):
@@ -60,7 +61,7 @@ def main():
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--aggressive", action="store_true")
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     frozen = rg.minilm_frozen("embedding", args.batch, args.seq)
     config, _, _ = rg.minilm()

@@ -29,8 +29,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bertc import builder, checkpoint, rewriting, runners, textdata  # noqa: E402
-from bertc.tokenization import WordPieceTokenizer  # noqa: E402
+from bertc.builder import pipeline as builder  # noqa: E402
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.text import pairs as textdata
+from bertc.text.tokenization import WordPieceTokenizer  # noqa: E402
 import throughput  # noqa: E402
 
 MRPC_DEV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -77,7 +81,7 @@ def main():
     parser.add_argument("--peers", default="torch,onnxruntime")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     b, s = args.batch_size, args.seq_len
     print(f"load average before: {os.getloadavg()}", flush=True)

@@ -4,7 +4,7 @@ same build with --allow_internal_ops (_MklLayerNorm written into the SavedModel)
 
     python benchmarks/public_ops.py [--models minilm,base] [--batch_size 4] [--seq_len 128]
 
-Both artifacts are run as `bertc serve --parallel 1` runs them (bertc.runners,
+Both artifacts are run as `bertc serve --parallel 1` runs them (bertc.runtime.runner,
 served, every core), timed in turns in one process (throughput.interleaved_rates),
 on full-length rows and on the MRPC dev pairs in file order.  Prints inferences/s
 and the ratio public / internal (the target: no more than 3% slower).
@@ -19,7 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bertc import builder, checkpoint, runners  # noqa: E402
+from bertc.builder import pipeline as builder  # noqa: E402
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.runtime import runner as runners
 import padding_free  # noqa: E402
 import throughput  # noqa: E402
 
@@ -32,7 +34,7 @@ def main():
     parser.add_argument("--batches", type=int, default=40, help="MRPC batches per pass")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     b, s = args.batch_size, args.seq_len
     with tempfile.TemporaryDirectory() as workdir:

@@ -57,7 +57,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(REPO, "bench_out"))
     parser.add_argument("--only", default=None, help="comma-separated step names")
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     os.makedirs(args.out, exist_ok=True)
     plan = steps(args.out)

@@ -11,7 +11,7 @@ setting:
                 (this machine), TF 2.21 turns its oneDNN ops on by default; elsewhere off
   onednn_off    TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels, no _Mkl* ops)
   onednn_on     TF_ENABLE_ONEDNN_OPTS=1 (the default here; on by request elsewhere, and
-                what bertc's own processes set: bertc/tf_runtime.py)
+                what bertc's own processes set: bertc/runtime/tf_settings.py)
   avx2_tf_defaults  TF_ENABLE_ONEDNN_OPTS=0 and ONEDNN_MAX_CPU_ISA=AVX2: TensorFlow's
                 own default on an AVX2-only CPU (Eigen kernels; the wheel's Eigen code is
                 built for AVX, and its GEMMs call oneDNN's sgemm, here limited to AVX2)
@@ -57,7 +57,7 @@ SETTINGS = {
 def session_config(remapper=True, xla=False, inter_op=None):
     """The served session config with one setting changed (all cores, one Session)."""
     import tensorflow as tf
-    from bertc import runners
+    from bertc.runtime import runner as runners
     config = runners.RunConfig(runners.SERVED, os.cpu_count() or 1).session_config()
     config.inter_op_parallelism_threads = 0  # TensorFlow's default unless the setting says
     if not remapper:
@@ -76,7 +76,7 @@ def child(args):
     # default), not the one `import bertc` makes for its processes.
     import tensorflow  # noqa: F401
     import throughput
-    from bertc import runners
+    from bertc.runtime import runner as runners
     jobs = json.loads(args.child)
     rng = np.random.default_rng(0)
     batch = {"input_ids": rng.integers(1000, 30000, (args.batch_size, args.seq_len),
@@ -114,12 +114,15 @@ def main():
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     if args.child:
         return child(args)
     import throughput
-    from bertc import builder, checkpoint, modeling, rewriting
+    from bertc.builder import pipeline as builder
+    from bertc.sources import google_checkpoint as checkpoint
+    from bertc.model import modeling
+    from bertc.builder import passes as rewriting
     print(f"load average before: {os.getloadavg()}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as workdir:

@@ -38,7 +38,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bertc import textdata  # noqa: E402
+from bertc.text import pairs as textdata  # noqa: E402
 from bertc.client import loadgen, report  # noqa: E402
 from bertc.serving import artifact as artifact_lib  # noqa: E402
 from bertc.serving import classify, paraphrase, replica  # noqa: E402
@@ -303,7 +303,7 @@ def main():
     parser.add_argument("--only", choices=["calibrate", "offline", "served"], default=None)
     parser.add_argument("--out", default=os.path.join(REPO, "bench_out", "serving.json"))
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     pairs = textdata.read_mrpc_tsv(args.tsv)
     arts = {"single_128": ensure_artifact(args.single, "128"),

@@ -24,8 +24,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bertc import builder, checkpoint, defaults, rewriting, runners  # noqa: E402
-from bertc import hf_convert  # noqa: E402
+from bertc.builder import pipeline as builder  # noqa: E402
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.sources import embedded as defaults
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.sources import hf_convert  # noqa: E402
 
 
 #: bertc's artifacts as `bertc serve --parallel 1` runs them: one Session on every core
@@ -169,7 +173,7 @@ def checkpoint_for(name: str, workdir: str) -> str:
     if name == "minilm":
         return defaults.ensure_default_checkpoint()
     from make_random_checkpoint import SHAPES, random_weights
-    from bertc.config import BertConfig
+    from bertc.model.config import BertConfig
     config = BertConfig(vocab_size=30522, **SHAPES[name])
     out = os.path.join(workdir, f"ckpt_{name}")
     vocab = os.path.join(defaults.minilm_hf_dir(), "vocab.txt")
@@ -190,7 +194,7 @@ def main():
                         help="passes over the stacks, in turns; each stack's best is kept")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    from bertc import machine
+    from bertc.runtime import machine
     print(machine.header(), flush=True)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rng = np.random.default_rng(0)

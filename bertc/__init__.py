@@ -12,21 +12,21 @@ Library API (the CLI is a thin layer over these):
 
 __version__ = "0.1.0"
 
-from bertc import tf_runtime  # noqa: E402
+from bertc.runtime import tf_settings as tf_runtime  # noqa: E402
 from bertc.errors import BertcError, CheckFailed  # noqa: E402
-from bertc.config import BertConfig  # noqa: E402
+from bertc.model.config import BertConfig  # noqa: E402
 
 # TensorFlow's oneDNN kernels on for bertc's processes; before TensorFlow is imported
-# (see bertc/tf_runtime.py).
+# (see bertc/runtime/tf_settings.py).
 tf_runtime.apply_defaults()
 
 
 # Documented name -> the module that defines it (imported on first use).
 _LAZY = {
-    "build": "bertc.builder", "BuildOptions": "bertc.builder", "BuildResult": "bertc.builder",
-    "verify_artifact": "bertc.verify_artifact", "load_checkpoint": "bertc.checkpoint",
-    "load_saved_model": "bertc.saved_model_source", "convert_hf": "bertc.hf_convert",
-    "WordPieceTokenizer": "bertc.tokenization",
+    "build": "bertc.builder.pipeline", "BuildOptions": "bertc.builder.pipeline", "BuildResult": "bertc.builder.pipeline",
+    "verify_artifact": "bertc.verify.artifact", "load_checkpoint": "bertc.sources.google_checkpoint",
+    "load_saved_model": "bertc.sources.saved_model", "convert_hf": "bertc.sources.hf_convert",
+    "WordPieceTokenizer": "bertc.text.tokenization",
 }
 _RENAMED = {"convert_hf": "convert"}  # the public name differs from the module's
 

@@ -256,8 +256,9 @@ def _one_argument(command, args, what):
 
 
 def cmd_build(args):
-    from bertc import builder, verify
-    from bertc.targets import neuron
+    from bertc.builder import pipeline as builder
+    from bertc.verify import compare as verify
+    from bertc.builder.targets import neuron
     _no_arguments("build", args)
     options = builder.BuildOptions(
         output=FLAGS.output, ckpt=FLAGS.ckpt, saved_model=FLAGS.saved_model,
@@ -290,14 +291,15 @@ def cmd_build(args):
 
 
 def cmd_verify(args):
-    from bertc import verify, verify_artifact
+    from bertc.verify import compare as verify
+    from bertc.verify import artifact as verify_artifact
     artifact = _one_argument("verify", args, "ARTIFACT directory")
     report = verify_artifact.verify_artifact(artifact, data=FLAGS.verify_data,
                                              rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
     else:
-        from bertc import per_pass
+        from bertc.verify import per_pass
         for seq_len, seq_report in report["per_seq_len"].items():
             print(verify.format_report(seq_report))
             if seq_len in report["per_pass"]:
@@ -308,7 +310,7 @@ def cmd_verify(args):
 
 
 def cmd_inspect(args):
-    from bertc import inspection
+    from bertc.verify import inspection
     path = _one_argument("inspect", args, "ARTIFACT or checkpoint directory")
     report = inspection.inspect_path(path, tensorboard=FLAGS.tensorboard,
                                      batch_size=FLAGS.batch_size, seq_len=_seq_lens()[0])
@@ -316,7 +318,8 @@ def cmd_inspect(args):
 
 
 def cmd_convert(args):
-    from bertc import defaults, hf_convert
+    from bertc.sources import embedded as defaults
+    from bertc.sources import hf_convert
     _no_arguments("convert", args)
     hf_dir = FLAGS.hf_dir or defaults.minilm_hf_dir()
     output = FLAGS.output or (defaults.default_checkpoint_dir() if not FLAGS.hf_dir else None)
@@ -367,7 +370,7 @@ def _ask_one_pair(command, pair):
 
 
 def cmd_tfserving(args):
-    from bertc.serving import tfserving_config
+    from bertc.artifact import tfserving_config
     artifact = _one_argument("tfserving", args, "ARTIFACT directory")
     print(tfserving_config.models_config_for(artifact, FLAGS.base_dir), end="")
 
@@ -389,7 +392,7 @@ def _configure_logging(command: str) -> None:
              else logging.INFO if verbosity == 1 else logging.DEBUG)
     logging.getLogger().setLevel(level)
     if level > logging.INFO:
-        from bertc import stages
+        from bertc.builder import stages
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         stages.logger.addHandler(handler)

@@ -33,7 +33,7 @@ LayerNorm on [512, 384] and [512, 768] inputs (the arithmetic: 1e-6 too), and
 <= 1e-5 on all-MiniLM-L6-v2's sequence_output at real tokens
 (tests/test_rewrites_numeric.py; measured 3.7e-6 to 4.6e-6, by Grappler options).
 
-Why this op (`python -m rewrites.bench_layernorm`, TF 2.21 CPU, 2 shared cores):
+Why this op (`python benchmarks/bench_layernorm.py`, TF 2.21 CPU, 2 shared cores):
 - _MklLayerNorm with the right eps is 2-4x faster than the arithmetic: best of
   9 rounds, us per LayerNorm, arithmetic -> fused, on two loaded cores:
   [512, 384]: 618 -> 306 (default threads), 295..335 -> 79..108 (one thread);

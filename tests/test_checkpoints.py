@@ -166,7 +166,7 @@ def test_other_heads_and_two_sequence_lengths(cases, tmp_path):
 def test_tf1_saver_checkpoint_is_read_by_name_and_extras_ignored(cases):
     """model.ckpt-1234 from tf.compat.v1.train.Saver: found without bert_model.ckpt,
     read exactly, cls/... heads, adam_m/adam_v slots and global_step dropped."""
-    from bertc import checkpoint
+    from bertc.sources import google_checkpoint as checkpoint
     case = cases("h48x2_l3_cls2_tf1saver")
     files = os.listdir(case.ckpt)
     assert "model.ckpt-1234.index" in files and "checkpoint" in files
@@ -223,7 +223,7 @@ def test_manifest_contents(built):
 
 
 def test_default_head_rules():
-    from bertc import modeling
+    from bertc.model import modeling
     cfg = bt.tiny_config()
     full = bt.random_weights(cfg, num_labels=2)
     pooled = bt.random_weights(cfg)
@@ -376,7 +376,8 @@ def test_cli_build_from_constants_saved_model_under_a_scope(built, tmp_path):
 def test_pretraining_saved_model_nsp_head_is_not_a_classifier(tmp_path):
     """cls/seq_relationship/output_weights|output_bias (the NSP head) must not be taken
     for run_classifier's output_weights|output_bias."""
-    from bertc import modeling, saved_model_source
+    from bertc.model import modeling
+    from bertc.sources import saved_model as saved_model_source
     cfg = bt.tiny_config(hidden=30, heads=3, layers=1, vocab=50, max_pos=40)
     weights = bt.random_weights(cfg, seed=4)
     sm = str(tmp_path / "sm")

@@ -222,7 +222,7 @@ def test_an_unwritable_output_is_one_line_before_any_work(output, needle, tiny_c
 
 def test_the_api_checks_outputs_before_reading(tiny_ckpt, tmp_path, monkeypatch):
     import bertc
-    from bertc import builder
+    from bertc.builder import pipeline as builder
     monkeypatch.setattr(builder, "load_source", lambda *a, **k: pytest.fail("read"))
     (tmp_path / "file").write_text("x")
     for output, needle in (("/sys/x", "cannot write in /sys"),
@@ -414,7 +414,8 @@ def test_dir_and_help_show_the_documented_api():
 
 def test_build_options_without_a_source_use_the_default_like_the_cli(tmp_path, monkeypatch):
     import bertc
-    from bertc import builder, defaults
+    from bertc.builder import pipeline as builder
+    from bertc.sources import embedded as defaults
     resolved = builder.with_defaults(bertc.BuildOptions())
     assert resolved.ckpt == defaults.default_checkpoint_dir()
     assert resolved.output == os.path.join("artifacts", defaults.DEFAULT_NAME)

@@ -14,7 +14,7 @@ from test_serving_support import tiny_artifact
 from bertc.client import command, loadgen, progress, report
 from bertc.errors import BertcError
 from bertc.serving.server import BackgroundServer, ServerConfig
-from bertc.textdata import Pair, default_mrpc_path
+from bertc.text.pairs import Pair, default_mrpc_path
 
 NAME = "tiny"
 

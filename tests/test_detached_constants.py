@@ -15,7 +15,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 import rewrites
 import rewrites.constants
 import rewrite_graphs as rg
-from bertc import export, freeze, modeling, rewriting, saved_model_reader
+from bertc.artifact import saved_model_writer as export
+from bertc.model import freeze
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
+from bertc.artifact import saved_model_reader
 
 #: small enough that the tiny test graphs' kernels are detached
 SMALL = 256
@@ -105,7 +109,7 @@ def test_detached_export_is_the_embedded_saved_model(tmp_path):
 
 def test_checkpoint_weights_are_aligned_numpy_memory(tmp_path):
     import bertc_testing as bt
-    from bertc import checkpoint
+    from bertc.sources import google_checkpoint as checkpoint
     cfg = bt.tiny_config()
     bt.write_google_checkpoint(str(tmp_path), cfg, bt.random_weights(cfg))
     weights = checkpoint.load_checkpoint(str(tmp_path), checksums=False).weights

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import bertc
-from bertc import inspection, rewriting, verify_artifact
+from bertc.verify import inspection
+from bertc.builder import passes as rewriting
+from bertc.verify import artifact as verify_artifact
 
 BATCH, SEQ = 2, 16
 

@@ -1,4 +1,4 @@
-"""Tests for bertc.targets.neuron: call construction, rendering, flag parsing and preflight.
+"""Tests for bertc.builder.targets.neuron: call construction, rendering, flag parsing and preflight.
 
 The Neuron SDK cannot be installed here (TF 2.21, Python 3.11), so these tests never
 import or fake `tensorflow.neuron`; preflight's import is exercised via its injected
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from bertc.errors import BertcError
-from bertc.targets import neuron
+from bertc.builder.targets import neuron
 
 
 def _parse_call(text):

@@ -21,8 +21,8 @@ ROWS = 12
 
 @pytest.fixture(scope="module")
 def mrpc_feeds(minilm_ckpt):
-    from bertc.textdata import default_mrpc_path, read_mrpc_tsv
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.pairs import default_mrpc_path, read_mrpc_tsv
+    from bertc.text.tokenization import WordPieceTokenizer
     path = default_mrpc_path()
     if path is None:
         pytest.skip("../shared/data/glue_mrpc_dev.tsv not found")
@@ -95,7 +95,9 @@ def test_embedding_does_not_depend_on_padding_or_batch_neighbours(minilm_artifac
 def test_pooled_output_matches_transformers_pooler(minilm_ckpt, mrpc_feeds, hf_reference):
     """The pooled head as bertc freezes it at the artifact's static shape (the export
     path itself is covered by the two artifacts above) vs transformers' pooler_output."""
-    from bertc import checkpoint, freeze, modeling
+    from bertc.sources import google_checkpoint as checkpoint
+    from bertc.model import freeze
+    from bertc.model import modeling
     ckpt = checkpoint.load_checkpoint(minilm_ckpt, checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     frozen = freeze.freeze_model(model, "pooled", MINILM_BATCH, MINILM_SEQ)
@@ -109,7 +111,7 @@ def test_pooled_output_matches_transformers_pooler(minilm_ckpt, mrpc_feeds, hf_r
 def test_default_build_is_the_embedding_head_and_verified(minilm_artifact):
     """bertc_hints.json from the sentence-transformers directory makes `embedding` the
     default head; the build's own verify ran on MRPC text and random rows and passed."""
-    from bertc import manifest
+    from bertc.artifact import manifest
     doc = manifest.read(minilm_artifact)
     assert doc["head"] == "embedding" and doc["options"]["head"] is None
     assert doc["outputs"] == ["embedding"]

@@ -24,7 +24,13 @@ import tensorflow as tf
 import bertc_testing as bt
 import rewrites
 from conftest import MINILM_BATCH, MINILM_SEQ
-from bertc import export, freeze, rewriting, runners, saved_model_reader, tf_runtime, verify
+from bertc.artifact import saved_model_writer as export
+from bertc.model import freeze
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.artifact import saved_model_reader
+from bertc.runtime import tf_settings as tf_runtime
+from bertc.verify import compare as verify
 
 tf1 = tf.compat.v1
 LAYERS = 6  # all-MiniLM-L6-v2
@@ -192,8 +198,8 @@ def test_bfloat16_minilm_matches_transformers_on_all_mrpc_pairs(minilm_ckpt, min
                                                                 tmp_path):
     import bertc
     import transformers
-    from bertc.textdata import default_mrpc_path, read_mrpc_tsv
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.pairs import default_mrpc_path, read_mrpc_tsv
+    from bertc.text.tokenization import WordPieceTokenizer
     path = default_mrpc_path()
     if path is None:
         pytest.skip("../shared/data/glue_mrpc_dev.tsv not found")

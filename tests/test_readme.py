@@ -92,7 +92,7 @@ def reader_dir(tmp_path_factory, tiny_weights):
     """The scratch directory a README reader works in (see the module docstring)."""
     import torch
     import transformers
-    from bertc import defaults
+    from bertc.sources import embedded as defaults
     root = tmp_path_factory.mktemp("readme")
     cfg = bt.tiny_config(max_pos=128)
     bt.write_google_checkpoint(str(root / "uncased_L-12_H-768_A-12"), cfg,

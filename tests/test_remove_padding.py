@@ -17,7 +17,9 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc import freeze, modeling, rewriting
+from bertc.model import freeze
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
 
 LAYERS = 2
 BATCH, SEQ = 4, 8

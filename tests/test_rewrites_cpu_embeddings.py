@@ -14,7 +14,7 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc import modeling
+from bertc.model import modeling
 
 LAYERS = 2
 

@@ -20,7 +20,9 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc import freeze, modeling, rewriting
+from bertc.model import freeze
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
 
 LAYERS = 2
 HALF = ("float16", "bfloat16")
@@ -238,7 +240,7 @@ def test_bertc_asks_for_it_by_dtype_and_verifies_it_approximately():
 # -------------------------------------------------------- MiniLM, MRPC dev
 @pytest.fixture(scope="module")
 def mrpc_features():
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.tokenization import WordPieceTokenizer
     _, _, vocab = rg.minilm()
     pairs = rg.mrpc_pairs(MRPC_PAIRS)
     assert len(pairs) == MRPC_PAIRS

@@ -13,7 +13,7 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc import modeling
+from bertc.model import modeling
 
 LAYERS = 2
 EXPECTED_SITES = {"fused_attention": LAYERS, "fused_layernorm": 2 * LAYERS + 1,

@@ -173,7 +173,7 @@ def _inferences(url):
 
 
 def test_classify_routes_short_text_to_32_and_long_to_64(server, offline):
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.tokenization import WordPieceTokenizer
     before = _inferences(server.url)
     short = "The cat sat on the mat."
     long = " ".join(["the quick brown fox jumps over the lazy dog"] * 5)  # 45 words
@@ -228,7 +228,7 @@ def test_classifier_head_answers_label_and_score(tmp_path_factory):
         status_s, _, meta = request(background.url, "GET", "/v1/models/clf")
     assert status == 200, body
     answer = body["predictions"][0]
-    from bertc.tokenization import WordPieceTokenizer
+    from bertc.text.tokenization import WordPieceTokenizer
     tok = WordPieceTokenizer.from_vocab_file(os.path.join(artifact, "vocab.txt"), True)
     enc = tok.encode("Is this a pair?", "It is a pair.", 32)
     probs = offline.run_rows(32, [(enc.input_ids, enc.input_mask, enc.segment_ids)]

@@ -9,7 +9,8 @@ import pytest
 
 from bertc.errors import BertcError
 from bertc.serving import artifact as artifact_lib
-from bertc.serving import paraphrase, tfserving_config
+from bertc.serving import paraphrase
+from bertc.artifact import tfserving_config
 from bertc.serving.server import ServerConfig
 
 MANIFEST = {"batch_size": 4, "models": [{"seq_len": 128, "path": "seq_128/1"},

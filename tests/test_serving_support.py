@@ -30,7 +30,8 @@ def tiny_artifact(tmp_path_factory, head: str = "embedding", seq_lens=SEQ_LENS) 
     if os.path.isfile(os.path.join(out, "bertc.json")):
         return out
     import bertc
-    from bertc import checkpoint, names
+    from bertc.sources import google_checkpoint as checkpoint
+    from bertc.model import names
     config = bertc.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
                               num_attention_heads=2, intermediate_size=64,
                               max_position_embeddings=max(seq_lens))
@@ -59,8 +60,8 @@ class OfflineModel:
     """The artifact's SavedModels run directly (eager, tf.saved_model.load)."""
 
     def __init__(self, artifact: str):
-        from bertc import manifest
-        from bertc.export import load_signature
+        from bertc.artifact import manifest
+        from bertc.artifact.saved_model_writer import load_signature
         doc = manifest.read(artifact)
         self.batch = doc["batch_size"]
         self.fns = {m["seq_len"]: load_signature(os.path.join(artifact, m["path"]))

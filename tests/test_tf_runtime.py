@@ -1,5 +1,5 @@
 """bertc's TensorFlow runtime settings: oneDNN on in bertc's processes unless the user
-chose otherwise (bertc/tf_runtime.py). Each case runs in a fresh interpreter, because
+chose otherwise (bertc/runtime/tf_settings.py). Each case runs in a fresh interpreter, because
 TensorFlow reads the setting once, when it is imported."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import bertc_testing as bt
-from bertc import tf_runtime
+from bertc.runtime import tf_settings as tf_runtime
 
 PROBE = """
 import json, os, sys

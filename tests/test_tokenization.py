@@ -1,4 +1,4 @@
-"""Tests for bertc.tokenization (against transformers) and bertc.textdata."""
+"""Tests for bertc.text.tokenization (against transformers) and bertc.textdata."""
 
 import inspect
 import os
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bertc.errors import BertcError
-from bertc.textdata import (Pair, default_mrpc_path, read_mrpc_tsv, read_pairs,
+from bertc.text.pairs import (Pair, default_mrpc_path, read_mrpc_tsv, read_pairs,
                             read_text_file)
-from bertc.tokenization import (WordPieceTokenizer, truncate_pair_lengths,
+from bertc.text.tokenization import (WordPieceTokenizer, truncate_pair_lengths,
                                 vocab_is_cased)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

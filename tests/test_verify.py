@@ -1,4 +1,4 @@
-"""`bertc verify` and bertc.verify: passes an exact artifact, fails a tampered one
+"""`bertc verify` and bertc.verify.compare: passes an exact artifact, fails a tampered one
 (naming the output), refuses a changed source checkpoint (sha256), --json is
 machine-readable; verify_runners computes its statistics right on numpy runners."""
 
@@ -167,7 +167,7 @@ def _text_features():
 
 
 def _verify(kind, batch=3, thresholds=None):
-    from bertc import verify
+    from bertc.verify import compare as verify
     return verify.verify_runners(lambda: _artifact(kind), lambda: _reference, batch, SEQ,
                                  _text_features(), V, T, thresholds or verify.EXACT,
                                  random_rows=32, text_source="unit")
@@ -185,7 +185,7 @@ def test_verify_runners_identical_models_pass_with_dummy_rows_dropped():
 
 
 def test_verify_runners_known_offset_gives_known_max_abs_and_rel():
-    from bertc import verify
+    from bertc.verify import compare as verify
     report = _verify("offset")
     assert not report["passed"]
     text = report["inputs"]["text"]["outputs"]["logits"]
@@ -205,7 +205,7 @@ def test_verify_runners_known_offset_gives_known_max_abs_and_rel():
 
 
 def test_verify_runners_argmax_agreement_is_the_fraction_of_agreeing_rows():
-    from bertc import verify
+    from bertc.verify import compare as verify
     report = _verify("argmax", thresholds=dict(verify.EXACT, max_abs=None, min_cos=-1.0))
     for name, features in (("text", _text_features()),
                            ("random", verify.random_features(32, SEQ, V, T))):
@@ -217,7 +217,7 @@ def test_verify_runners_argmax_agreement_is_the_fraction_of_agreeing_rows():
 
 
 def test_verify_compares_sequence_output_at_real_tokens_only():
-    from bertc import verify
+    from bertc.verify import compare as verify
 
     def reference(feeds):
         x = feeds["input_ids"].astype(np.float32)[:, :, None] * np.ones((1, 1, 4), np.float32)

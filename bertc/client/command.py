@@ -4,12 +4,12 @@ a TSV sent as a load test (clients x cycle), reported and plotted."""
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from bertc import textdata
+from bertc.text import pairs as textdata
 from bertc.client import loadgen, report
 from bertc.client import plot as plot_lib
 from bertc.client import progress as progress_lib
 from bertc.errors import BertcError, CheckFailed
-from bertc.textdata import Pair
+from bertc.text.pairs import Pair
 
 
 def pairs_from_flags(tsv: Optional[str], pair: Optional[str], args: Sequence[str]

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence
 import aiohttp
 
 from bertc.errors import BertcError
-from bertc.textdata import Pair
+from bertc.text.pairs import Pair
 
 
 @dataclasses.dataclass

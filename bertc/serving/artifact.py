@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Optional, Tuple
 
-from bertc import manifest
+from bertc.artifact import manifest
 from bertc.errors import BertcError
 from bertc.serving import paraphrase
 

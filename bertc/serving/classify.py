@@ -25,7 +25,7 @@ import numpy as np
 from bertc.serving import paraphrase
 from bertc.serving.validation import (InputError, instance_list, refuse_unknown_keys,
                                       require_object, text_field)
-from bertc.tokenization import WordPieceTokenizer
+from bertc.text.tokenization import WordPieceTokenizer
 
 HEADS = ("classifier", "embedding", "pooled")
 _KEYS = ("text", "text_a", "text_b")

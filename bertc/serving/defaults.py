@@ -1,18 +1,18 @@
 """Serving defaults, in one place: `bertc serve` flags, ServerConfig and the TF
 Serving batching file `bertc build` writes all read them from here.
 
-Imports nothing but bertc.tf_runtime, so the build can use them without pulling in
+Imports nothing but bertc.runtime.tf_settings, so the build can use them without pulling in
 the server.
 """
 
-from bertc.tf_runtime import DEFAULT_REPLICAS
+from bertc.runtime.tf_settings import DEFAULT_REPLICAS
 
 # Replicas. On the 2-core development machine two replicas of one intra-op thread
 # each beat one replica of two threads: MiniLM batch 4 served 66 vs 55
 # inferences/s at seq 128 and 125 vs 106 with buckets 64,128 (benchmarks/serving.py);
 # one replica has the lower latency at light load. Threads per replica default to
 # cores // PARALLEL.
-PARALLEL = DEFAULT_REPLICAS  # verify's served run uses the same (bertc/tf_runtime.py)
+PARALLEL = DEFAULT_REPLICAS  # verify's served run uses the same (bertc/runtime/tf_settings.py)
 PORT = 8501              # TF Serving's REST port: this server speaks its REST API
 HOST = "127.0.0.1"       # binding all interfaces (0.0.0.0) must be asked for
 MAX_BATCH_DELAY_MS = 5.0

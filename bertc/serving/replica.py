@@ -1,7 +1,7 @@
 """Replicas: worker threads, each with its own copy of the artifact's SavedModels.
 
 A replica loads every bucket's frozen SavedModel (ARTIFACT/seq_<S>/1) into one
-served Session (bertc.runners: scopes seq_<S>/, weights as constants, Grappler
+served Session (bertc.runtime.runner: scopes seq_<S>/, weights as constants, Grappler
 on, an intra-op thread pool of its own), so `--parallel N` replicas with T threads
 each use N * T cores, as TF Serving's per-model session config does. The session's
 callables are made once per bucket; a call releases the GIL while it runs.
@@ -27,7 +27,8 @@ class SessionModel:
     the runner verify and the benchmarks use too): run(seq_len, [B, S] inputs) -> outputs."""
 
     def __init__(self, art, intra_op_threads: int):
-        from bertc import runners, saved_model_reader
+        from bertc.runtime import runner as runners
+        from bertc.artifact import saved_model_reader
         self._input_names = list(art.inputs)
         self._session = runners.ServedSession(runners.RunConfig(runners.SERVED,
                                                                 intra_op_threads))

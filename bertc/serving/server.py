@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence
 
 from aiohttp import web
 
-from bertc import tf_runtime
+from bertc.runtime import tf_settings as tf_runtime
 from bertc.errors import BertcError
 from bertc.serving import app as app_lib
 from bertc.serving import artifact as artifact_lib

@@ -10,7 +10,7 @@ import os
 _STAGE = os.environ.get("BERTC_TEST_FAIL_STAGE")
 
 if _STAGE:
-    from bertc import stages
+    from bertc.builder import stages
 
     _original = stages.StageLog.stage
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import rewrites
-from bertc import modeling
+from bertc.model import modeling
 
 
 @dataclasses.dataclass

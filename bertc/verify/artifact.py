@@ -9,8 +9,14 @@ build) unless given.
 import logging
 import os
 
-from bertc import builder, checkpoint, freeze, manifest, modeling, rewriting, runners
-from bertc import verify as verify_lib
+from bertc.builder import pipeline as builder
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.model import freeze
+from bertc.artifact import manifest
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.verify import compare as verify_lib
 from bertc.errors import BertcError
 
 
@@ -42,7 +48,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
     """Verifies every (or the given) sequence length of an artifact.
 
     With per_pass, also applies the artifact's passes one prefix at a time to the
-    reference and reports the error after each (see bertc.per_pass).
+    reference and reports the error after each (see bertc.verify.per_pass).
     Returns {'passed': bool, 'per_seq_len': {S: report}, 'per_pass': {S: rows}}.
     """
     doc = manifest.read(artifact)
@@ -66,7 +72,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)
         if per_pass and doc["rewrites"]["requested"]:
-            from bertc import per_pass as per_pass_lib
+            from bertc.verify import per_pass as per_pass_lib
             sets = verify_lib.input_sets(features, source, seq_len, ckpt.config.vocab_size,
                                          ckpt.config.type_vocab_size, random_rows)
             batches = [b for feats, _ in sets.values()

@@ -30,7 +30,8 @@ def versions() -> dict:
 def make_manifest(*, options, source, config, head, num_labels, do_lower_case, passes, exact,
                   rewrite_reports, models, thresholds, compile_calls, verify_reports, stages,
                   hints) -> dict:
-    from bertc import machine, modeling
+    from bertc.runtime import machine
+    from bertc.model import modeling
     return {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

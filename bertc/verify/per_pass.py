@@ -11,9 +11,10 @@ min cosine, argmax agreement per output). The reference runs once.
 import logging
 from typing import List
 
-from bertc import rewriting, runners
-from bertc import verify as verify_lib
-from bertc.freeze import FrozenGraph
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.verify import compare as verify_lib
+from bertc.model.freeze import FrozenGraph
 
 
 def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,

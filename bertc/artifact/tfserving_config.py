@@ -105,7 +105,7 @@ def _quote(text: str) -> str:
 def models_config_for(artifact: str, base_dir: Optional[str] = None) -> str:
     """`bertc tfserving`: the artifact's models.config with absolute base paths under
     `base_dir`, where TF Serving will find it (default: where the artifact is now)."""
-    from bertc import manifest
+    from bertc.artifact import manifest
     doc = manifest.read(artifact)
     base_dir = base_dir or os.path.abspath(artifact)
     if not os.path.isabs(base_dir):

@@ -16,8 +16,10 @@ import re
 
 import numpy as np
 
-from bertc import checkpoint, names, weights as weights_lib
-from bertc.config import BertConfig
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.model import names
+from bertc.sources import weights as weights_lib
+from bertc.model.config import BertConfig
 from bertc.errors import BertcError
 
 _GOOGLE_NAME = re.compile(r"(?:^|/)((?:bert/(?:embeddings|encoder|pooler)/.*)|output_weights|output_bias)$")

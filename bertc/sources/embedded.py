@@ -12,7 +12,7 @@ import os
 
 from bertc.errors import BertcError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_NAME = "minilm"
 
 
@@ -44,7 +44,7 @@ def ensure_default_checkpoint() -> str:
     """The default checkpoint directory, converting it first if it is not there."""
     path = default_checkpoint_dir()
     if not os.path.isfile(os.path.join(path, "bert_model.ckpt.index")):
-        from bertc import hf_convert
+        from bertc.sources import hf_convert
         logging.info("converting the default checkpoint (all-MiniLM-L6-v2) into %s", path)
         hf_convert.convert(minilm_hf_dir(), path, overwrite=os.path.isdir(path))
     return path

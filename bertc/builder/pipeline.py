@@ -22,10 +22,17 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from bertc import atomic, checkpoint, export, freeze, manifest, modeling, rewriting, runners
-from bertc import verify as verify_lib
+from bertc.builder import atomic
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.artifact import saved_model_writer as export
+from bertc.model import freeze
+from bertc.artifact import manifest
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.verify import compare as verify_lib
 from bertc.errors import BertcError, CheckFailed
-from bertc.stages import StageLog
+from bertc.builder.stages import StageLog
 
 TARGETS = ("cpu", "neuron")
 #: What says that an existing directory is an artifact (--overwrite may replace it).
@@ -102,7 +109,7 @@ def check_rows(rows: Optional[int]) -> None:
 
 def load_source(options: BuildOptions, checksums: bool = True) -> checkpoint.Checkpoint:
     if options.saved_model:
-        from bertc import saved_model_source
+        from bertc.sources import saved_model as saved_model_source
         return saved_model_source.load_saved_model(options.saved_model, options.bert_config,
                                                    options.vocab, checksums=checksums)
     ckpt = checkpoint.load_checkpoint(options.ckpt, checksums=checksums)
@@ -117,7 +124,7 @@ def resolve_lower_case(ckpt: checkpoint.Checkpoint, requested: Optional[bool]) -
         return requested
     if isinstance(ckpt.hints.get("do_lower_case"), bool):
         return ckpt.hints["do_lower_case"]
-    from bertc import tokenization
+    from bertc.text import tokenization
     with open(ckpt.vocab_file, encoding="utf-8") as f:
         return not tokenization.vocab_is_cased(line.strip() for line in f)
 
@@ -125,7 +132,8 @@ def resolve_lower_case(ckpt: checkpoint.Checkpoint, requested: Optional[bool]) -
 def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq_len: int,
                   rows: Optional[int] = None):
     """Tokenized verification text (MRPC TSV or text file); None when there is none."""
-    from bertc import textdata, tokenization
+    from bertc.text import pairs as textdata
+    from bertc.text import tokenization
     check_rows(rows)
     path = path or textdata.default_mrpc_path()
     if not path:
@@ -151,7 +159,7 @@ def reference_graph(options: BuildOptions, head: str, seq_len: int) -> freeze.Fr
 def with_defaults(options: BuildOptions) -> BuildOptions:
     """The embedded default checkpoint when no source is given, and the CLI's default
     output, artifacts/<source name>. The default is converted later, if need be."""
-    from bertc import defaults
+    from bertc.sources import embedded as defaults
     ckpt = options.ckpt
     if not ckpt and not options.saved_model:
         ckpt = defaults.default_checkpoint_dir()
@@ -175,7 +183,7 @@ def build(options: BuildOptions) -> BuildResult:
     options = with_defaults(options)
     neuron_args = None
     if options.target == "neuron":  # before anything else: a missing SDK is the first error
-        from bertc.targets import neuron
+        from bertc.builder.targets import neuron
         neuron_args = (list(options.compiler_args) if options.compiler_args is not None
                        else list(neuron.DEFAULT_COMPILER_ARGS))
         if not options.dry_run:
@@ -194,7 +202,7 @@ def build(options: BuildOptions) -> BuildResult:
 
 def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: StageLog):
     """Every stage, writing the artifact into `tmp`; returns (manifest, verify reports)."""
-    from bertc import defaults
+    from bertc.sources import embedded as defaults
     if options.ckpt == defaults.default_checkpoint_dir():
         defaults.ensure_default_checkpoint()
     with log.stage("read"):
@@ -274,7 +282,8 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
                            verify_reports)
     manifest.write(tmp, doc)
-    from bertc.serving import defaults as serving_defaults, tfserving_config
+    from bertc.serving import defaults as serving_defaults
+    from bertc.artifact import tfserving_config
     tfserving_config.write_tf_serving_configs(
         tmp, doc, delay_ms=serving_defaults.MAX_BATCH_DELAY_MS,
         artifact_name=os.path.basename(os.path.normpath(options.output)))
@@ -294,7 +303,7 @@ def _neuron_compile(tmp: str, relative: str, seq_len: int, options: BuildOptions
     """Compiles (or, with --dry_run, only records) one SavedModel for Neuron, with
     the CPU/device partition that the cpu_embeddings rewrite of this sequence
     length reported (its no_fuse_ops / force_fuse_ops)."""
-    from bertc.targets import neuron
+    from bertc.builder.targets import neuron
     new_relative = os.path.join("neuron", f"seq_{seq_len}", "1")
     partition = next((r["details"] for r in reports
                       if r["name"] == "cpu_embeddings" and r["sites"]), {})

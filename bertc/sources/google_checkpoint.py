@@ -17,8 +17,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from bertc import names, weights as weights_lib
-from bertc.config import BertConfig
+from bertc.model import names
+from bertc.sources import weights as weights_lib
+from bertc.model.config import BertConfig
 from bertc.errors import BertcError
 
 CONFIG_FILE = "bert_config.json"

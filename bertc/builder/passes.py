@@ -11,7 +11,7 @@ import logging
 from typing import List, Sequence
 
 from bertc.errors import BertcError
-from bertc.freeze import FrozenGraph
+from bertc.model.freeze import FrozenGraph
 
 #: Passes the Neuron compiler cannot take, and why (logged when they are skipped).
 CPU_ONLY_PASSES = {

@@ -22,8 +22,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.framework import meta_graph, op_def_registry
 
-from bertc.freeze import FrozenGraph
-from bertc.protowire import (ATTR_VALUE_TENSOR, GRAPH_DEF_NODE, MAP_KEY, MAP_VALUE,
+from bertc.model.freeze import FrozenGraph
+from bertc.artifact.protowire import (ATTR_VALUE_TENSOR, GRAPH_DEF_NODE, MAP_KEY, MAP_VALUE,
                              META_GRAPH_GRAPH_DEF, NODE_ATTR, SAVED_MODEL_META_GRAPHS,
                              TENSOR_CONTENT, field_header)
 

@@ -12,7 +12,7 @@ from typing import BinaryIO, Iterator, Tuple
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 
 # The field numbers on the path from a SavedModel to a weight's bytes (the writer
-# in bertc/export.py and the reader in bertc/saved_model_reader.py walk it).
+# in bertc/artifact/saved_model_writer.py and the reader in bertc/artifact/saved_model_reader.py walk it).
 SAVED_MODEL_META_GRAPHS = 2   # SavedModel.meta_graphs
 META_GRAPH_GRAPH_DEF = 2      # MetaGraphDef.graph_def
 GRAPH_DEF_NODE = 1            # GraphDef.node

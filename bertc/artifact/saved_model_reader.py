@@ -24,7 +24,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 import rewrites.constants
 from bertc.errors import BertcError
-from bertc.protowire import (GRAPH_DEF_NODE, LENGTH_DELIMITED, META_GRAPH_GRAPH_DEF,
+from bertc.artifact.protowire import (GRAPH_DEF_NODE, LENGTH_DELIMITED, META_GRAPH_GRAPH_DEF,
                              SAVED_MODEL_META_GRAPHS, fields)
 
 

@@ -11,7 +11,7 @@ MRPC-format TSV or a plain text file, and (b) random ids with random valid masks
 filled to the static batch size with all-padding dummy rows, whose results are
 dropped, as a server does.
 
-The artifact is run twice (bertc.runners): `served`, exactly as `bertc serve`
+The artifact is run twice (bertc.runtime.runner): `served`, exactly as `bertc serve`
 runs it (weights as constants, Grappler's optimizers and the oneDNN remapper on,
 the server's thread settings), and `as_written` (Grappler off, weights fed).
 The thresholds apply to the served run, what users get; the as-written run shows

@@ -19,7 +19,7 @@ from typing import Dict, Mapping
 
 import tensorflow as tf
 
-from bertc import names
+from bertc.model import names
 from bertc.errors import BertcError
 
 LAYER_NORM_EPSILON = 1e-12
@@ -217,7 +217,7 @@ class BertModel(tf.Module):
         Inputs int32 [batch_size, seq_len] named input_ids, input_mask,
         segment_ids; outputs a dict of HEAD_OUTPUTS[head], each also given a
         graph node of that name (the export boundary). Weight nodes are
-        shape-only until frozen (see bertc.freeze).
+        shape-only until frozen (see bertc.model.freeze).
         """
         check_head(head, self.weights)
         spec = [tf.TensorSpec([batch_size, seq_len], tf.int32, name=n) for n in INPUT_NAMES]

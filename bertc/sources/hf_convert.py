@@ -22,8 +22,9 @@ import re
 
 import numpy as np
 
-from bertc import checkpoint, names
-from bertc.config import BertConfig
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.model import names
+from bertc.model.config import BertConfig
 from bertc.errors import BertcError
 
 _HF_TO_GOOGLE_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -150,7 +151,7 @@ def convert(hf_dir: str, out_dir: str, overwrite: bool = False) -> str:
     and it is empty or a checkpoint bertc converted: its bertc_hints.json records
     `converted_from` (every conversion writes it).
     """
-    from bertc import atomic
+    from bertc.builder import atomic
     marker = atomic.json_marker(checkpoint.HINTS_FILE, CONVERTED_FROM)
     # the output is checked (and its temporary directory made) before anything is read
     with atomic.output_directory(out_dir, overwrite=overwrite, flag="--output",

@@ -1,6 +1,6 @@
 """Micro-benchmark: LayerNorm forms on CPU, speed and exactness.
 
-    python -m rewrites.bench_layernorm [--rows 512] [--depths 384,768] [--rounds 7] [--threads N]
+    python benchmarks/bench_layernorm.py [--rows 512] [--depths 384,768] [--rounds 7] [--threads N]
 
 For each [rows, depth] it builds a graph of 12 chained LayerNorms (each with a
 residual add, the input read from a variable so Grappler cannot fold it) in:
@@ -21,12 +21,16 @@ matters), and the ops that actually ran.  A script, not a test: it prints.
 """
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from rewrites import pipeline
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rewrites import pipeline  # noqa: E402
 
 EPS = 1e-12
 CHAIN = 12

@@ -17,8 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 import rewrites
-from bertc import (builder, checkpoint, freeze, manifest, modeling, rewriting, runners,
-                   saved_model_reader)
+from bertc.builder import pipeline as builder
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.model import freeze
+from bertc.artifact import manifest
+from bertc.model import modeling
+from bertc.builder import passes as rewriting
+from bertc.runtime import runner as runners
+from bertc.artifact import saved_model_reader
 from bertc.errors import BertcError
 
 
@@ -61,7 +67,7 @@ def write_tensorboard(logdir: str, graphs: dict) -> None:
 
 
 def _from_artifact(path: str) -> dict:
-    from bertc import verify_artifact
+    from bertc.verify import artifact as verify_artifact
     doc = manifest.read(path)
     entry = doc["models"][0]
     ckpt = builder.load_source(verify_artifact.source_options(doc), checksums=False)

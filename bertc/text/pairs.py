@@ -30,7 +30,7 @@ class Pair:
 
 def default_mrpc_path() -> str | None:
     """The MRPC dev set at `../shared/data/glue_mrpc_dev.tsv` from the repo root, if present."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.normpath(os.path.join(repo_root, _DEFAULT_MRPC))
     return path if os.path.isfile(path) else None
 

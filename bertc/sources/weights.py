@@ -11,7 +11,7 @@ from typing import Dict
 
 import numpy as np
 
-from bertc import names
+from bertc.model import names
 from bertc.errors import BertcError
 
 WeightMap = Dict[str, np.ndarray]

@@ -29,10 +29,10 @@ import tensorflow as tf
 
 import rewrites
 import rewrites.constants
-from bertc import saved_model_reader
-from bertc.freeze import FrozenGraph
+from bertc.artifact import saved_model_reader
+from bertc.model.freeze import FrozenGraph
 
-from bertc.tf_runtime import default_intra_op_threads
+from bertc.runtime.tf_settings import default_intra_op_threads
 
 SERVED = "served"
 AS_WRITTEN = "as_written"
@@ -63,7 +63,7 @@ class RunConfig:
         """What the manifest and verify's report record of the run."""
         if self.mode == AS_WRITTEN:
             return {"mode": self.mode, "grappler": False, "weights": "fed"}
-        from bertc import tf_runtime
+        from bertc.runtime import tf_settings as tf_runtime
         return {"mode": self.mode, "grappler": True, "weights": "constants",
                 "intra_op_threads": self.intra_op_threads, "inter_op_threads": 1,
                 "onednn": tf_runtime.describe()}

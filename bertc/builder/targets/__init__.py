@@ -1,0 +1,2 @@
+"""Compile targets beyond the portable SavedModel (neuron).
+"""

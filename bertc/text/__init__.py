@@ -1,0 +1,3 @@
+"""Text in: WordPiece tokenization, the MRPC/TSV and text readers, feature building.
+May import: bertc.errors.
+"""
