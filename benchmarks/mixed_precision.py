@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 import rewrites  # noqa: E402
 import rewrite_graphs as rg  # noqa: E402
-from bertc.builder import passes as rewriting  # noqa: E402
+from bertc import passes as rewriting  # noqa: E402
 from bertc.verify import compare as verify
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bertc.builder import pipeline as builder  # noqa: E402
 from bertc.sources import google_checkpoint as checkpoint
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.runtime import runner as runners
 from bertc.text import pairs as textdata
 from bertc.text.tokenization import WordPieceTokenizer  # noqa: E402

@@ -122,7 +122,7 @@ def main():
     from bertc.builder import pipeline as builder
     from bertc.sources import google_checkpoint as checkpoint
     from bertc.model import modeling
-    from bertc.builder import passes as rewriting
+    from bertc import passes as rewriting
     print(f"load average before: {os.getloadavg()}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as workdir:

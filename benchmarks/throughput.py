@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bertc.builder import pipeline as builder  # noqa: E402
 from bertc.sources import google_checkpoint as checkpoint
 from bertc.sources import embedded as defaults
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.runtime import runner as runners
 from bertc.sources import hf_convert  # noqa: E402
 

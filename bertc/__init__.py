@@ -10,9 +10,8 @@ Library API (the CLI is a thin layer over these):
   BertConfig, BertcError, CheckFailed (a check said no: verify outside its bounds)
 """
 
-__version__ = "0.1.0"
-
 from bertc.runtime import tf_settings as tf_runtime  # noqa: E402
+from bertc.version import __version__  # noqa: E402
 from bertc.errors import BertcError, CheckFailed  # noqa: E402
 from bertc.model.config import BertConfig  # noqa: E402
 

@@ -88,7 +88,7 @@ def command_help(name: str, command, flag_values) -> str:
 
 def versions(tensorflow_version: str) -> str:
     """`bertc --version`: bertc's, TensorFlow's and, when importable, OpenVINO's."""
-    from bertc import __version__
+    from bertc.version import __version__
     lines = [f"bertc {__version__}", f"tensorflow {tensorflow_version}"]
     try:
         import openvino  # only here: the rest of bertc does not use it

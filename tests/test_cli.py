@@ -222,8 +222,8 @@ def test_an_unwritable_output_is_one_line_before_any_work(output, needle, tiny_c
 
 def test_the_api_checks_outputs_before_reading(tiny_ckpt, tmp_path, monkeypatch):
     import bertc
-    from bertc.builder import pipeline as builder
-    monkeypatch.setattr(builder, "load_source", lambda *a, **k: pytest.fail("read"))
+    from bertc.sources import load
+    monkeypatch.setattr(load, "load_source", lambda *a, **k: pytest.fail("read"))
     (tmp_path / "file").write_text("x")
     for output, needle in (("/sys/x", "cannot write in /sys"),
                            (str(tmp_path / "file" / "art"), "is not a directory"),

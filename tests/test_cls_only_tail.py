@@ -16,7 +16,7 @@ try:  # tests/ as a rootdir-less folder, or as a package
     import rewrite_graphs as rg
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 
 LAYERS = 2
 BATCH, SEQ = 4, 8

@@ -18,7 +18,7 @@ import rewrite_graphs as rg
 from bertc.artifact import saved_model_writer as export
 from bertc.model import freeze
 from bertc.model import modeling
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.artifact import saved_model_reader
 
 #: small enough that the tiny test graphs' kernels are detached

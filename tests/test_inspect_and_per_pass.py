@@ -10,7 +10,7 @@ import pytest
 
 import bertc
 from bertc.verify import inspection
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.verify import artifact as verify_artifact
 
 BATCH, SEQ = 2, 16

@@ -26,7 +26,7 @@ import rewrites
 from conftest import MINILM_BATCH, MINILM_SEQ
 from bertc.artifact import saved_model_writer as export
 from bertc.model import freeze
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.runtime import runner as runners
 from bertc.artifact import saved_model_reader
 from bertc.runtime import tf_settings as tf_runtime

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
 from bertc.model import freeze
 from bertc.model import modeling
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 
 LAYERS = 2
 BATCH, SEQ = 4, 8

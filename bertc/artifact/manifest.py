@@ -22,21 +22,21 @@ FORMAT = "bertc-artifact/1"
 def versions() -> dict:
     import numpy
     import tensorflow as tf
-    from bertc import __version__
+    from bertc.version import __version__
     return {"bertc": __version__, "tensorflow": tf.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
 
 
 def make_manifest(*, options, source, config, head, num_labels, do_lower_case, passes, exact,
                   rewrite_reports, models, thresholds, compile_calls, verify_reports, stages,
-                  hints) -> dict:
-    from bertc.runtime import machine
+                  hints, built_on=None) -> dict:
+    """The manifest; `built_on`: the CPU the build ran on (bertc.runtime.machine)."""
     from bertc.model import modeling
     return {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "built_on": machine.describe(),
+        "built_on": built_on,
         "source": source,
         "hints": hints,
         "config": config.to_dict(),

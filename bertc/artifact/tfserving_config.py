@@ -69,7 +69,13 @@ def render_batching_parameters(manifest: dict, delay_ms: float,
             "pad_variable_length_inputs: false\n")
 
 
-def write_tf_serving_configs(artifact_dir: str, manifest: dict, delay_ms: float,
+#: The batching delay TF Serving's file gets, and `bertc serve`'s default
+#: --max_batch_delay_ms (bertc/serving/defaults.py), so both batch alike.
+BATCH_DELAY_MS = 5.0
+
+
+def write_tf_serving_configs(artifact_dir: str, manifest: dict,
+                             delay_ms: float = BATCH_DELAY_MS,
                              base_dir: Optional[str] = None,
                              artifact_name: Optional[str] = None) -> dict:
     """Writes models.config and batching_parameters.txt into `artifact_dir`.

@@ -22,17 +22,20 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from bertc.builder import atomic
-from bertc.sources import google_checkpoint as checkpoint
-from bertc.artifact import saved_model_writer as export
-from bertc.model import freeze
+from bertc import atomic
+from bertc import passes as rewriting
 from bertc.artifact import manifest
-from bertc.model import modeling
-from bertc.builder import passes as rewriting
-from bertc.runtime import runner as runners
-from bertc.verify import compare as verify_lib
-from bertc.errors import BertcError, CheckFailed
+from bertc.artifact import saved_model_writer as export
 from bertc.builder.stages import StageLog
+from bertc.errors import BertcError, CheckFailed
+from bertc.model import freeze, modeling
+from bertc.runtime import machine
+from bertc.runtime import runner as runners
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.sources import load
+from bertc.text import features as features_lib
+from bertc.verify import compare as verify_lib
+from bertc.verify import reference
 
 TARGETS = ("cpu", "neuron")
 #: What says that an existing directory is an artifact (--overwrite may replace it).
@@ -96,64 +99,16 @@ def check_options(options: BuildOptions) -> None:
     if options.dry_run and options.target != "neuron":
         raise BertcError(f"--dry_run: only for a target that compiles (--target neuron); "
                          f"got --target {options.target}")
-    check_rows(options.verify_rows)
+    features_lib.check_rows(options.verify_rows)
     if options.head is not None and options.head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"--head {options.head}: expected one of "
                          f"{', '.join(modeling.HEAD_OUTPUTS)}")
 
 
-def check_rows(rows: Optional[int]) -> None:
-    if rows is not None and (isinstance(rows, bool) or rows < 1):
-        raise BertcError(f"--verify_rows {rows}: expected a positive number of rows")
-
-
-def load_source(options: BuildOptions, checksums: bool = True) -> checkpoint.Checkpoint:
-    if options.saved_model:
-        from bertc.sources import saved_model as saved_model_source
-        return saved_model_source.load_saved_model(options.saved_model, options.bert_config,
-                                                   options.vocab, checksums=checksums)
-    ckpt = checkpoint.load_checkpoint(options.ckpt, checksums=checksums)
-    if options.vocab:
-        ckpt.vocab_file = options.vocab
-    return ckpt
-
-
-def resolve_lower_case(ckpt: checkpoint.Checkpoint, requested: Optional[bool]) -> bool:
-    """--do_lower_case, else bertc_hints.json, else what the vocabulary implies."""
-    if requested is not None:
-        return requested
-    if isinstance(ckpt.hints.get("do_lower_case"), bool):
-        return ckpt.hints["do_lower_case"]
-    from bertc.text import tokenization
-    with open(ckpt.vocab_file, encoding="utf-8") as f:
-        return not tokenization.vocab_is_cased(line.strip() for line in f)
-
-
-def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq_len: int,
-                  rows: Optional[int] = None):
-    """Tokenized verification text (MRPC TSV or text file); None when there is none."""
-    from bertc.text import pairs as textdata
-    from bertc.text import tokenization
-    check_rows(rows)
-    path = path or textdata.default_mrpc_path()
-    if not path:
-        return None, None
-    pairs = textdata.read_pairs(path)
-    if rows:
-        pairs = pairs[:rows]
-    tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(vocab_file, do_lower_case)
-    return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len), path
-
-
-def reference_graph(options: BuildOptions, head: str, seq_len: int) -> freeze.FrozenGraph:
-    """The unrewritten fp32 graph of the build's source, read again from disk."""
-    source = load_source(options, checksums=False)
-    model = modeling.BertModel(source.config, source.weights)
-    frozen = freeze.freeze_model(model, head, options.batch_size, seq_len, detach=True)
-    # the traced function keeps `model` alive in a reference cycle; its weights
-    # must go with the returned graph, not wait for the garbage collector
-    model.weights = source.weights = None
-    return frozen
+def source_of(options: BuildOptions) -> dict:
+    """load_source's keyword arguments for the build's checkpoint source."""
+    return {"ckpt": options.ckpt, "saved_model": options.saved_model,
+            "bert_config": options.bert_config, "vocab": options.vocab}
 
 
 def with_defaults(options: BuildOptions) -> BuildOptions:
@@ -206,7 +161,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     if options.ckpt == defaults.default_checkpoint_dir():
         defaults.ensure_default_checkpoint()
     with log.stage("read"):
-        ckpt = load_source(options)
+        ckpt = load.load_source(**source_of(options))
         config = ckpt.config
         head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
         passes = rewriting.for_head(passes, head, options.rewrites)
@@ -215,7 +170,8 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         if too_long:
             raise BertcError(f"--seq_len {too_long[0]}: exceeds max_position_embeddings "
                              f"{config.max_position_embeddings} of the checkpoint's config")
-        lower = resolve_lower_case(ckpt, options.do_lower_case)
+        lower = features_lib.resolve_lower_case(ckpt.hints, ckpt.vocab_file,
+                                                options.do_lower_case)
         model = modeling.BertModel(config, ckpt.weights)
         num_labels = ckpt.num_labels
         ckpt.weights = None  # the variables hold them now
@@ -260,12 +216,13 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
             models.append(entry)
         if options.verify:
             with log.stage("verify"):
-                features, source = text_features(options.verify_data, ckpt.vocab_file,
-                                                 lower, seq_len, options.verify_rows)
+                features, source = features_lib.text_features(
+                    options.verify_data, ckpt.vocab_file, lower, seq_len, options.verify_rows)
                 verify_reports[str(seq_len)] = verify_lib.verify_runners(
                     runners.saved_model_runs(os.path.join(tmp, relative)),
                     # read from disk again, alive only while it runs
-                    lambda: runners.graph_def_runner(reference_graph(options, head, seq_len)),
+                    lambda: runners.graph_def_runner(reference.reference_graph(
+                        source_of(options), head, options.batch_size, seq_len)),
                     options.batch_size, seq_len, features,
                     config.vocab_size, config.type_vocab_size, thresholds,
                     text_source=source)
@@ -282,10 +239,9 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
                            verify_reports)
     manifest.write(tmp, doc)
-    from bertc.serving import defaults as serving_defaults
     from bertc.artifact import tfserving_config
     tfserving_config.write_tf_serving_configs(
-        tmp, doc, delay_ms=serving_defaults.MAX_BATCH_DELAY_MS,
+        tmp, doc,
         artifact_name=os.path.basename(os.path.normpath(options.output)))
     return doc, verify_reports
 

@@ -1,10 +1,10 @@
-"""Serving defaults, in one place: `bertc serve` flags, ServerConfig and the TF
-Serving batching file `bertc build` writes all read them from here.
+"""Serving defaults, in one place: `bertc serve` flags and ServerConfig read them here.
 
-Imports nothing but bertc.runtime.tf_settings, so the build can use them without pulling in
-the server.
+Imports only two constants (the artifact's TF Serving batching delay, TensorFlow's
+replica default), neither module importing TensorFlow, so the CLI reads them cheaply.
 """
 
+from bertc.artifact.tfserving_config import BATCH_DELAY_MS
 from bertc.runtime.tf_settings import DEFAULT_REPLICAS
 
 # Replicas. On the 2-core development machine two replicas of one intra-op thread
@@ -15,7 +15,7 @@ from bertc.runtime.tf_settings import DEFAULT_REPLICAS
 PARALLEL = DEFAULT_REPLICAS  # verify's served run uses the same (bertc/runtime/tf_settings.py)
 PORT = 8501              # TF Serving's REST port: this server speaks its REST API
 HOST = "127.0.0.1"       # binding all interfaces (0.0.0.0) must be asked for
-MAX_BATCH_DELAY_MS = 5.0
+MAX_BATCH_DELAY_MS = BATCH_DELAY_MS  # = TF Serving's batch_timeout_micros in the artifact
 MAX_QUEUE = 512          # rows waiting for a batch, all buckets together
 MAX_INSTANCES = 64       # instances in one request
 MAX_BODY_BYTES = 1 << 20

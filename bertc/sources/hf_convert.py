@@ -151,7 +151,7 @@ def convert(hf_dir: str, out_dir: str, overwrite: bool = False) -> str:
     and it is empty or a checkpoint bertc converted: its bertc_hints.json records
     `converted_from` (every conversion writes it).
     """
-    from bertc.builder import atomic
+    from bertc import atomic
     marker = atomic.json_marker(checkpoint.HINTS_FILE, CONVERTED_FROM)
     # the output is checked (and its temporary directory made) before anything is read
     with atomic.output_directory(out_dir, overwrite=overwrite, flag="--output",

@@ -9,27 +9,15 @@ build) unless given.
 import logging
 import os
 
-from bertc.builder import pipeline as builder
-from bertc.sources import google_checkpoint as checkpoint
-from bertc.model import freeze
+from bertc import passes as rewriting
 from bertc.artifact import manifest
-from bertc.model import modeling
-from bertc.builder import passes as rewriting
-from bertc.runtime import runner as runners
-from bertc.verify import compare as verify_lib
 from bertc.errors import BertcError
-
-
-def source_options(doc: dict) -> builder.BuildOptions:
-    """BuildOptions that re-read the artifact's source checkpoint."""
-    src = doc["source"]
-    opts = builder.BuildOptions(output="", batch_size=doc["batch_size"])
-    if src["kind"] == "google_checkpoint":
-        opts.ckpt = os.path.join(src["path"], src.get("prefix", checkpoint.DEFAULT_PREFIX))
-    else:
-        opts.saved_model, opts.bert_config, opts.vocab = (src["path"], src.get("bert_config"),
-                                                          src.get("vocab"))
-    return opts
+from bertc.model import freeze, modeling
+from bertc.runtime import runner as runners
+from bertc.sources import google_checkpoint as checkpoint
+from bertc.sources import load
+from bertc.text import features as features_lib
+from bertc.verify import compare as verify_lib
 
 
 def check_checksums(doc: dict) -> None:
@@ -53,7 +41,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
     """
     doc = manifest.read(artifact)
     check_checksums(doc)
-    ckpt = builder.load_source(source_options(doc), checksums=False)
+    ckpt = load.load_source(**load.manifest_source(doc), checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     thresholds = thresholds or doc["verify"]["thresholds"]
     vocab = os.path.join(artifact, doc["tokenizer"]["vocab_file"])
@@ -64,8 +52,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             continue
         reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len,
                                         detach=True)  # the model's arrays, not a copy
-        features, source = builder.text_features(data, vocab, doc["tokenizer"]["do_lower_case"],
-                                                 seq_len, rows)
+        features, source = features_lib.text_features(
+            data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(
             runners.saved_model_runs(os.path.join(artifact, entry["path"])),
             lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,

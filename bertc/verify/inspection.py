@@ -17,12 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 import rewrites
-from bertc.builder import pipeline as builder
 from bertc.sources import google_checkpoint as checkpoint
+from bertc.sources import load
 from bertc.model import freeze
 from bertc.artifact import manifest
 from bertc.model import modeling
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.runtime import runner as runners
 from bertc.artifact import saved_model_reader
 from bertc.errors import BertcError
@@ -67,10 +67,9 @@ def write_tensorboard(logdir: str, graphs: dict) -> None:
 
 
 def _from_artifact(path: str) -> dict:
-    from bertc.verify import artifact as verify_artifact
     doc = manifest.read(path)
     entry = doc["models"][0]
-    ckpt = builder.load_source(verify_artifact.source_options(doc), checksums=False)
+    ckpt = load.load_source(**load.manifest_source(doc), checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
     before = freeze.freeze_model(model, doc["head"], doc["batch_size"], entry["seq_len"],
                                  detach=True)

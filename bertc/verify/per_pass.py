@@ -11,7 +11,7 @@ min cosine, argmax agreement per output). The reference runs once.
 import logging
 from typing import List
 
-from bertc.builder import passes as rewriting
+from bertc import passes as rewriting
 from bertc.runtime import runner as runners
 from bertc.verify import compare as verify_lib
 from bertc.model.freeze import FrozenGraph
