@@ -21,20 +21,51 @@ from rewrites.pattern import Match, Matcher, Pattern
 logger = logging.getLogger(__name__)
 
 
-class RewritePass:
-    """A GraphDef -> GraphDef transform with a site count.
+#: Pipeline phases: EARLY passes run in the order asked; LATE ones (they change
+#: shapes the others match) after every EARLY pass; FINAL ones after those.  Within
+#: LATE and FINAL the registry's canonical order holds.
+EARLY, LATE, FINAL = 0, 1, 2
 
-    Class attributes:
+
+class RewritePass:
+    """A GraphDef -> GraphDef transform with a site count, and its facts.
+
+    Class attributes (a pipeline builder such as bertc/passes.py derives its
+    pipelines, checks and verify bounds from them; adding a pass is its file and
+    one line in rewrites/registry.py):
       name: the registry name.
       exact: True if the output equals the input up to float32 re-association.
       max_abs_error: the error bound, in words (what tests check).
       option_names: keys of the pipeline's options this pass accepts as kwargs.
+      phase: EARLY, LATE or FINAL (above).
+      default_targets: targets whose default pipeline runs the pass.
+      required_targets: targets that always run it.
+      unsupported_targets: target -> why it cannot take the pass (skipped there).
+      verify_bounds: for an approximate pass, the verify bounds it needs
+        ({'min_cos': ..., 'argmax': ...}); the loosest of a pipeline applies.
+      lowered_by: the pass that rewrites the internal ops this one emits into
+        public ones (run unless internal ops are allowed).
+      cls_only: the pass applies only to graphs whose outputs read the last
+        layer's [CLS] rows alone (a default pipeline drops it elsewhere).
     """
 
     name = ""
     exact = True
     max_abs_error = "0 (bit-identical)"
     option_names: Tuple[str, ...] = ()
+    phase = EARLY
+    default_targets: Tuple[str, ...] = ()
+    required_targets: Tuple[str, ...] = ()
+    unsupported_targets: Dict[str, str] = {}
+    verify_bounds: Optional[Dict[str, float]] = None
+    lowered_by: Optional[str] = None
+    cls_only = False
+
+    @classmethod
+    def expected_sites(cls, layers: int, cls_only_outputs: bool) -> Optional[int]:
+        """Sites the pass must reach on a BERT graph of `layers` encoder layers
+        (outputs reading only [CLS] rows or not); None when not fixed."""
+        return None
 
     def __init__(self, **options):
         unknown = set(options) - set(self.option_names)

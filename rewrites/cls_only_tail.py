@@ -55,7 +55,7 @@ from typing import Dict, Optional, Set
 import numpy as np
 import tensorflow as tf
 
-from rewrites.base import RewritePass
+from rewrites.base import LATE, RewritePass
 from rewrites.graph import Graph, parse_input, tensor_name
 from rewrites.token_rows import attention_sites, row_wise
 
@@ -120,6 +120,14 @@ class ClsOnlyTail(RewritePass):
 
     name = "cls_only_tail"
     exact = True
+    phase = LATE  # matches what the fusions left; remove_padding packs what it leaves
+    default_targets = ("cpu",)
+    unsupported_targets = {"neuron": "it changes shapes inside the graph"}
+    cls_only = True
+
+    @classmethod
+    def expected_sites(cls, layers, cls_only_outputs):
+        return 1 if cls_only_outputs else 0
     max_abs_error = "same ops on the [CLS] rows: <= 1e-5 measured on MiniLM pooled/logits"
 
     def rewrite(self, graph: Graph) -> int:

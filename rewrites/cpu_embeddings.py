@@ -31,7 +31,7 @@ Error bound: 0 (the graph is returned unchanged).
 Sites: 1 when the partition is found, else 0.
 """
 
-from rewrites.base import RewritePass
+from rewrites.base import FINAL, RewritePass
 from rewrites.graph import Graph
 from rewrites.input_regions import find_input_regions
 
@@ -41,6 +41,12 @@ class CpuEmbeddings(RewritePass):
 
     name = "cpu_embeddings"
     exact = True
+    phase = FINAL  # it reports the final graph's node names
+    required_targets = ("neuron",)
+
+    @classmethod
+    def expected_sites(cls, layers, cls_only_outputs):
+        return 1
     max_abs_error = "0 (the graph is not changed; reports no_fuse_ops / force_fuse_ops)"
 
     def rewrite(self, graph: Graph) -> int:

@@ -38,6 +38,14 @@ class CrudeGelu(ExactGeluPass):
     exact = False
     max_abs_error = ("0.0203 per activation (|x| = 2.27); MiniLM sequence_output "
                      "max abs 0.324 (real tokens), embedding cosine >= 0.9958")
+    #: Measured, not chosen: on MiniLM the embedding cosine of x*sigmoid(1.702x) is
+    #: 0.9955 on MRPC text and 0.9886 on random ids (HF's quick_gelu, the same
+    #: function, gives the same), so 0.999 cannot hold.
+    verify_bounds = {"min_cos": 0.98, "argmax": 0.99}
+
+    @classmethod
+    def expected_sites(cls, layers, cls_only_outputs):
+        return layers  # one GELU per feed-forward
 
     def emit(self, edit, x, dtype, scope):
         scaled = binary(edit, "Mul", scope, x, scalar(edit, scope, CRUDE_GELU_SLOPE, dtype), dtype)

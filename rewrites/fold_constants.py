@@ -44,6 +44,7 @@ class FoldConstants(RewritePass):
 
     name = "fold_constants"
     exact = True
+    default_targets = ("cpu",)
     max_abs_error = "0 (bit-identical: TensorFlow's own CPU kernels compute the values)"
 
     def rewrite(self, graph: Graph) -> int:

@@ -126,6 +126,13 @@ class FusedLayerNorm(FusionPass):
 
     name = "fused_layernorm"
     exact = True
+    default_targets = ("cpu",)
+    unsupported_targets = {"neuron": "_MklLayerNorm is an x86 TensorFlow op"}
+    lowered_by = "public_layernorm"
+
+    @classmethod
+    def expected_sites(cls, layers, cls_only_outputs):
+        return 2 * layers + 1  # two per layer and the embeddings' own
     max_abs_error = "float32 re-association: <= 1e-5 on MiniLM sequence_output"
     pattern = _layer_norm()
     root_ops = ("Add", "AddV2")

@@ -41,7 +41,7 @@ sums); verify's served run checks the fused result with eps 1e-12 kept
 import numpy as np
 import tensorflow as tf
 
-from rewrites.base import RewritePass
+from rewrites.base import FINAL, RewritePass
 from rewrites.fused_layernorm import FUSED_OP
 from rewrites.graph import Graph
 
@@ -54,6 +54,7 @@ class PublicLayerNorm(RewritePass):
 
     name = "public_layernorm"
     exact = True
+    phase = FINAL  # after every pass that sees _MklLayerNorm as one op
     max_abs_error = "float32 re-association: <= 1e-5 on MiniLM sequence_output"
 
     def rewrite(self, graph: Graph) -> int:

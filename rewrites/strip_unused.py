@@ -34,6 +34,7 @@ class StripUnused(RewritePass):
 
     name = "strip_unused"
     exact = True
+    default_targets = ("cpu",)
     max_abs_error = "0 (bit-identical)"
 
     def rewrite(self, graph: Graph) -> int:
