@@ -42,19 +42,19 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_place(path: str, sources: Iterable[str] = (), flag: str = "--output") -> None:
+def check_place(path: str, sources: Iterable[str] = (), flag: str = "output") -> None:
     """Refuses an output that holds the working directory or a source, or lies in one."""
     real = os.path.realpath(path)
     if _inside(os.path.realpath(os.getcwd()), real):
-        raise BertcError(f"{flag} {path}: contains the working directory; expected a new "
+        raise BertcError(f"`{flag}` {path}: contains the working directory; expected a new "
                          "directory elsewhere, such as artifacts/NAME")
     for source in sources:
         source_real = os.path.realpath(source)
         if _inside(source_real, real):
-            raise BertcError(f"{flag} {path}: contains the source {source}; expected a "
+            raise BertcError(f"`{flag}` {path}: contains the source {source}; expected a "
                              "directory outside it")
         if _inside(real, source_real):
-            raise BertcError(f"{flag} {path}: is inside the source {source}; expected a "
+            raise BertcError(f"`{flag}` {path}: is inside the source {source}; expected a "
                              "directory outside it")
 
 
@@ -64,20 +64,20 @@ def _listing(path: str, limit: int = 3) -> str:
     return ", ".join(shown) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def refuse_existing(path: str, overwrite: bool, flag: str = "--output",
+def refuse_existing(path: str, overwrite: bool, flag: str = "output",
                     marker: Optional[Marker] = None) -> None:
     """Refuses an existing `path` unless overwrite and it is empty or bertc's (marker)."""
     if not os.path.lexists(path):
         return
     if not overwrite:
-        raise BertcError(f"{flag} {path}: already exists; expected a new path, or pass "
-                         "--overwrite to replace it")
+        raise BertcError(f"`{flag}` {path}: already exists; expected a new path, or pass "
+                         "`overwrite` to replace it")
     if os.path.islink(path) or not os.path.isdir(path):
-        raise BertcError(f"{flag} {path}: exists and is not a directory; refusing to replace it")
+        raise BertcError(f"`{flag}` {path}: exists and is not a directory; refusing to replace it")
     if not os.listdir(path) or (marker is not None and marker(path)):
         return
     what = getattr(marker, "describe", "a bertc marker")
-    raise BertcError(f"{flag} {path}: --overwrite replaces only an empty directory or one "
+    raise BertcError(f"`{flag}` {path}: `overwrite` replaces only an empty directory or one "
                      f"bertc wrote ({what}); it holds {_listing(path)}; nothing was deleted")
 
 
@@ -89,14 +89,14 @@ def _make_parent(parent: str, flag: str, path: str) -> List[str]:
         missing.insert(0, here)
         here = os.path.dirname(here)
     if not os.path.isdir(here):
-        raise BertcError(f"{flag} {path}: {here} is not a directory; expected a path under "
+        raise BertcError(f"`{flag}` {path}: {here} is not a directory; expected a path under "
                          "a writable directory")
     for directory in missing:
         try:
             os.mkdir(directory)
         except OSError as e:
             _remove_empty(missing)
-            raise BertcError(f"{flag} {path}: cannot create {directory} ({e.strerror}); "
+            raise BertcError(f"`{flag}` {path}: cannot create {directory} ({e.strerror}); "
                              "expected a path under a writable directory") from None
     return missing
 
@@ -132,7 +132,7 @@ def _temporary_directory(parent: str, name: str, flag: str, path: str) -> str:
     try:
         return tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
     except OSError as e:
-        raise BertcError(f"{flag} {path}: cannot write in {parent} ({e.strerror}); expected "
+        raise BertcError(f"`{flag}` {path}: cannot write in {parent} ({e.strerror}); expected "
                          "a writable directory") from None
 
 
@@ -149,7 +149,7 @@ def _move_into_place(tmp: str, path: str) -> None:
 
 
 @contextlib.contextmanager
-def output_directory(path: str, overwrite: bool = False, flag: str = "--output",
+def output_directory(path: str, overwrite: bool = False, flag: str = "output",
                      marker: Optional[Marker] = None, sources: Iterable[str] = ()):
     """Yields a temporary directory that becomes `path` when the block succeeds.
 

@@ -17,6 +17,7 @@ the traceback with --verbosity=1), 130 interrupted (Ctrl-C, at any moment).
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -375,6 +376,12 @@ def cmd_tfserving(args):
     print(tfserving_config.models_config_for(artifact, FLAGS.base_dir), end="")
 
 
+#: Command name -> the function that runs it (COMMANDS says which flags each owns).
+HANDLERS = {"build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect,
+            "convert": cmd_convert, "serve": cmd_serve, "client": cmd_client,
+            "tfserving": cmd_tfserving}
+
+
 def check_flag_owners(command: str) -> None:
     """A bertc flag given on the command line must belong to `command`."""
     owned = COMMANDS[command].flags
@@ -400,8 +407,17 @@ def _configure_logging(command: str) -> None:
         stages.logger.propagate = False
 
 
-def _error(message: str) -> None:
-    print(f"bertc: error: {message}", file=sys.stderr)
+def as_flags(message: str) -> str:
+    """A library message in the command line's words: the library names options
+    in backquotes, as BuildOptions and ServerConfig spell them (`batch_size` 0:
+    expected a positive integer); the CLI names the flags (--batch_size 0: ...)."""
+    return re.sub(r"`([a-z_]+)`",
+                  lambda m: f"--{m.group(1)}" if m.group(1) in FLAGS else m.group(0),
+                  str(message))
+
+
+def _error(message) -> None:
+    print(f"bertc: error: {as_flags(message)}", file=sys.stderr)
 
 
 def _internal_error(e: Exception) -> None:
@@ -421,7 +437,7 @@ def main(argv):
     _configure_logging(command)
     try:
         check_flag_owners(command)
-        globals()[f"cmd_{command}"](args)
+        HANDLERS[command](args)
     except CheckFailed as e:
         _error(e)
         return 1

@@ -56,7 +56,7 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     sorted by phase (EARLY in the order asked, LATE and FINAL in canonical order)
     and without the passes the target cannot take."""
     if dtype not in ("float32",) + HALF_DTYPES:
-        raise BertcError(f"--dtype {dtype}: expected float32, float16 or bfloat16")
+        raise BertcError(f"`dtype` {dtype}: expected float32, float16 or bfloat16")
     classes = pass_classes()
     wanted = default_passes(target) if use_default else []
     wanted += [r for r in rewrites if r]
@@ -66,7 +66,7 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     if dtype in HALF_DTYPES:
         wanted.append("mixed_precision")
     elif "mixed_precision" in wanted:
-        raise BertcError("--rewrites mixed_precision: expected --dtype float16 or bfloat16 "
+        raise BertcError("`rewrites` mixed_precision: expected `dtype` float16 or bfloat16 "
                          "(the pass takes its precision from --dtype)")
     wanted += [n for n, cls in classes.items() if target in cls.required_targets]
     skipped = [n for n in wanted if target in classes[n].unsupported_targets]
@@ -87,7 +87,7 @@ def _check_known(pass_names: Sequence[str]) -> None:
     known = list(pass_classes())
     unknown = [n for n in pass_names if n not in known]
     if unknown:
-        raise BertcError(f"--rewrites: unknown pass(es) {', '.join(unknown)}; expected some of "
+        raise BertcError(f"`rewrites`: unknown pass(es) {', '.join(unknown)}; expected some of "
                          f"{', '.join(known)}")
 
 
@@ -167,7 +167,7 @@ def apply(frozen: FrozenGraph, pass_names: Sequence[str], options: dict = None,
                               strict=strict, options=options or {}, consume=consume,
                               constants=frozen.constants)
     except rewrites.NoMatchError as e:
-        raise BertcError(f"--strict: {e}") from None
+        raise BertcError(f"`strict`: {e}") from None
     reports = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r)
                for r in result.reports]
     return dataclasses.replace(frozen, graph_def=result.graph_def,

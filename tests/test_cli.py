@@ -146,7 +146,7 @@ def test_flags_of_other_commands_and_bad_values_are_usage_errors(tiny_ckpt, tmp_
 def test_verify_rows_is_checked_by_the_api_too(tiny_ckpt, tmp_path):
     import bertc
     for rows in (0, -1):
-        with pytest.raises(bertc.BertcError, match=f"--verify_rows {rows}: expected a positive"):
+        with pytest.raises(bertc.BertcError, match=f"`verify_rows` {rows}: expected a positive"):
             bertc.build(bertc.BuildOptions(output=str(tmp_path / "a"), ckpt=tiny_ckpt,
                                            verify_rows=rows))
     assert os.listdir(tmp_path) == []
@@ -401,6 +401,11 @@ def test_a_moved_artifact_verifies_serves_and_renders_its_tf_serving_config(tiny
 # --------------------------------------------------------------------------- Python API
 
 
+def test_every_command_has_one_handler():
+    from bertc import cli
+    assert set(cli.HANDLERS) == set(cli.COMMANDS)
+
+
 def test_dir_and_help_show_the_documented_api():
     import pydoc
     import bertc
@@ -422,10 +427,12 @@ def test_build_options_without_a_source_use_the_default_like_the_cli(tmp_path, m
     (tmp_path / "artifacts" / defaults.DEFAULT_NAME).mkdir(parents=True)
     (tmp_path / "artifacts" / defaults.DEFAULT_NAME / "x").write_text("x")
     monkeypatch.chdir(tmp_path)
-    expected = f"--output {tmp_path}/artifacts/{defaults.DEFAULT_NAME}: already exists"
+    expected = f"`output` {tmp_path}/artifacts/{defaults.DEFAULT_NAME}: already exists"
     with pytest.raises(bertc.BertcError, match=re.escape(expected)):
         bertc.build(bertc.BuildOptions())
     proc = bt.run_cli("build", cwd=str(tmp_path))
-    bt.assert_one_error(proc, expected)
+    # the library names the option, the command line the flag
+    bt.assert_one_error(proc, expected.replace("`output`", "--output"))
+    assert "`" not in proc.stderr
     assert proc.returncode == 2
     assert _files(str(tmp_path)) == ["artifacts", "artifacts/minilm", "artifacts/minilm/x"]

@@ -117,13 +117,13 @@ def test_accepts_path_objects(tmp_path):
 @pytest.mark.parametrize(
     "field, value, flag",
     [
-        ("batch_size", 0, "--batch_size"),
-        ("batch_size", True, "--batch_size"),
-        ("batch_size", "4", "--batch_size"),
-        ("minimum_segment_size", 0, "--minimum_segment_size"),
-        ("compiler_args", "--fp32-cast matmult", "--compiler_args"),
-        ("no_fuse_ops", ["ok", 3], "--no_fuse_ops"),
-        ("force_fuse_ops", "MatMul", "--force_fuse_ops"),
+        ("batch_size", 0, "`batch_size`"),
+        ("batch_size", True, "`batch_size`"),
+        ("batch_size", "4", "`batch_size`"),
+        ("minimum_segment_size", 0, "`minimum_segment_size`"),
+        ("compiler_args", "--fp32-cast matmult", "`compiler_args`"),
+        ("no_fuse_ops", ["ok", 3], "`no_fuse_ops`"),
+        ("force_fuse_ops", "MatMul", "`force_fuse_ops`"),
     ],
 )
 def test_invalid_fields_raise_bertc_error(field, value, flag):
@@ -139,7 +139,7 @@ def test_parse_compiler_args():
 
 
 def test_parse_compiler_args_bad_quote():
-    with pytest.raises(BertcError, match="--compiler_args") as info:
+    with pytest.raises(BertcError, match="`compiler_args`") as info:
         neuron.parse_compiler_args("--fp32-cast 'matmult")
     assert "\n" not in str(info.value)
 

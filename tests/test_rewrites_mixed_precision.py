@@ -233,7 +233,7 @@ def test_bertc_asks_for_it_by_dtype_and_verifies_it_approximately():
     assert rewriting.thresholds(["mixed_precision"], {"max_abs": 1e-4, "min_cos": 0.99999,
                                                       "argmax": 1.0}) == {
         "max_abs": None, "min_cos": 0.999, "argmax": 0.995}
-    with pytest.raises(Exception, match="--dtype float16 or bfloat16"):
+    with pytest.raises(Exception, match="`dtype` float16 or bfloat16"):
         rewriting.resolve(["mixed_precision"], dtype="float32")
 
 

@@ -97,7 +97,7 @@ def test_threshold_comes_from_flag_then_manifest_then_default(tmp_path):
     assert artifact_lib.paraphrase_threshold(art, 0.5) == (0.5, "--paraphrase_threshold")
     hinted = _fake_artifact(tmp_path / "b", hints={"paraphrase_threshold": 0.61})
     assert artifact_lib.paraphrase_threshold(hinted, None) == (0.61, "manifest hints")
-    with pytest.raises(BertcError, match="--paraphrase_threshold 2"):
+    with pytest.raises(BertcError, match="`paraphrase_threshold` 2"):
         artifact_lib.paraphrase_threshold(art, 2.0)
 
 
@@ -127,9 +127,9 @@ def test_bucket_for_picks_the_smallest_that_fits(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,flag", [
-    ("parallel", 0, "--parallel"), ("max_queue", 0, "--max_queue"),
-    ("max_batch_delay_ms", -1, "--max_batch_delay_ms"), ("port", 70000, "--port"),
-    ("intra_op_threads", 0, "--intra_op_threads")])
+    ("parallel", 0, "`parallel`"), ("max_queue", 0, "`max_queue`"),
+    ("max_batch_delay_ms", -1, "`max_batch_delay_ms`"), ("port", 70000, "`port`"),
+    ("intra_op_threads", 0, "`intra_op_threads`")])
 def test_server_config_checks_name_the_flag(field, value, flag):
     with pytest.raises(BertcError, match=flag):
         ServerConfig(model="x", **{field: value}).check()

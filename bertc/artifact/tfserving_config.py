@@ -116,6 +116,6 @@ def models_config_for(artifact: str, base_dir: Optional[str] = None) -> str:
     base_dir = base_dir or os.path.abspath(artifact)
     if not os.path.isabs(base_dir):
         from bertc.errors import BertcError
-        raise BertcError(f"--base_dir {base_dir}: expected an absolute path (TensorFlow "
+        raise BertcError(f"`base_dir` {base_dir}: expected an absolute path (TensorFlow "
                          "Serving needs absolute base paths)")
     return render_models_config(doc, base_dir, os.path.basename(os.path.normpath(artifact)))

@@ -86,22 +86,22 @@ class BuildResult:
 def check_options(options: BuildOptions) -> None:
     """Flag-level validation, before any file is read."""
     if options.ckpt and options.saved_model:
-        raise BertcError("--ckpt / --saved_model: expected at most one checkpoint source")
+        raise BertcError("`ckpt` / `saved_model`: expected at most one checkpoint source")
     if options.batch_size < 1:
-        raise BertcError(f"--batch_size {options.batch_size}: expected a positive integer")
+        raise BertcError(f"`batch_size` {options.batch_size}: expected a positive integer")
     if not options.seq_lens or any(s < 2 for s in options.seq_lens):
-        raise BertcError(f"--seq_len {','.join(map(str, options.seq_lens))}: expected "
+        raise BertcError(f"`seq_len` {','.join(map(str, options.seq_lens))}: expected "
                          "positive lengths >= 2")
     if len(set(options.seq_lens)) != len(options.seq_lens):
-        raise BertcError(f"--seq_len {','.join(map(str, options.seq_lens))}: repeated length")
+        raise BertcError(f"`seq_len` {','.join(map(str, options.seq_lens))}: repeated length")
     if options.target not in TARGETS:
-        raise BertcError(f"--target {options.target}: expected one of {', '.join(TARGETS)}")
+        raise BertcError(f"`target` {options.target}: expected one of {', '.join(TARGETS)}")
     if options.dry_run and options.target != "neuron":
-        raise BertcError(f"--dry_run: only for a target that compiles (--target neuron); "
-                         f"got --target {options.target}")
+        raise BertcError(f"`dry_run`: only for a target that compiles (`target` neuron); "
+                         f"got `target` {options.target}")
     features_lib.check_rows(options.verify_rows)
     if options.head is not None and options.head not in modeling.HEAD_OUTPUTS:
-        raise BertcError(f"--head {options.head}: expected one of "
+        raise BertcError(f"`head` {options.head}: expected one of "
                          f"{', '.join(modeling.HEAD_OUTPUTS)}")
 
 
@@ -168,7 +168,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         modeling.check_head(head, ckpt.weights)
         too_long = [s for s in options.seq_lens if s > config.max_position_embeddings]
         if too_long:
-            raise BertcError(f"--seq_len {too_long[0]}: exceeds max_position_embeddings "
+            raise BertcError(f"`seq_len` {too_long[0]}: exceeds max_position_embeddings "
                              f"{config.max_position_embeddings} of the checkpoint's config")
         lower = features_lib.resolve_lower_case(ckpt.hints, ckpt.vocab_file,
                                                 options.do_lower_case)

@@ -65,7 +65,7 @@ def embeddings(w: Mapping, config, input_ids, segment_ids):
     """
     batch, seq = input_ids.shape
     if seq > config.max_position_embeddings:
-        raise BertcError(f"--seq_len {seq} exceeds max_position_embeddings "
+        raise BertcError(f"`seq_len` {seq} exceeds max_position_embeddings "
                          f"{config.max_position_embeddings} of bert_config.json")
     ids = tf.reshape(input_ids, [-1])                                      # [T]
     word = tf.gather(w[names.WORD_EMBEDDINGS], ids)                        # [T, D]
@@ -248,10 +248,10 @@ def available_heads(weights: Mapping):
 
 def check_head(head: str, weights: Mapping) -> None:
     if head not in HEAD_OUTPUTS:
-        raise BertcError(f"--head {head!r}: expected one of {', '.join(HEAD_OUTPUTS)}")
+        raise BertcError(f"`head` {head!r}: expected one of {', '.join(HEAD_OUTPUTS)}")
     if head not in available_heads(weights):
         needed = names.CLASSIFIER_WEIGHTS if head == "classifier" else names.POOLER_KERNEL
-        raise BertcError(f"--head {head}: the checkpoint has no '{needed}'; expected one of "
+        raise BertcError(f"`head` {head}: the checkpoint has no '{needed}'; expected one of "
                          f"{', '.join(available_heads(weights))} for this checkpoint")
 
 

@@ -61,7 +61,7 @@ class Artifact:
 def load_artifact(path: str) -> Artifact:
     """Reads and checks an artifact directory written by `bertc build`."""
     if not os.path.isdir(path):
-        raise BertcError(f"--model {path}: not a directory; expected an artifact written by "
+        raise BertcError(f"`model` {path}: not a directory; expected an artifact written by "
                          "bertc build (bertc.json, vocab.txt, seq_<S>/1/)")
     doc = manifest.read(path)
     try:
@@ -106,7 +106,7 @@ def paraphrase_threshold(art: Artifact, requested: Optional[float]) -> Tuple[flo
     """
     if requested is not None:
         if not -1.0 <= requested <= 1.0:
-            raise BertcError(f"--paraphrase_threshold {requested}: expected a cosine "
+            raise BertcError(f"`paraphrase_threshold` {requested}: expected a cosine "
                              "similarity in [-1, 1]")
         return float(requested), "--paraphrase_threshold"
     for where, doc in (("manifest", art.manifest), ("manifest hints",

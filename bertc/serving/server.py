@@ -54,20 +54,20 @@ class ServerConfig:
     log_interval_s: float = 1.0
 
     def check(self) -> None:
-        positive = {"--parallel": self.parallel, "--max_queue": self.max_queue,
-                    "--max_instances": self.max_instances,
-                    "--max_body_bytes": self.max_body_bytes}
+        positive = {"parallel": self.parallel, "max_queue": self.max_queue,
+                    "max_instances": self.max_instances,
+                    "max_body_bytes": self.max_body_bytes}
         for flag, value in positive.items():
             if value < 1:
-                raise BertcError(f"{flag} {value}: expected a positive integer")
+                raise BertcError(f"`{flag}` {value}: expected a positive integer")
         if self.intra_op_threads is not None and self.intra_op_threads < 1:
-            raise BertcError(f"--intra_op_threads {self.intra_op_threads}: expected a "
+            raise BertcError(f"`intra_op_threads` {self.intra_op_threads}: expected a "
                              "positive integer")
         if self.max_batch_delay_ms < 0:
-            raise BertcError(f"--max_batch_delay_ms {self.max_batch_delay_ms}: expected "
+            raise BertcError(f"`max_batch_delay_ms` {self.max_batch_delay_ms}: expected "
                              ">= 0")
         if not 0 <= self.port <= 65535:
-            raise BertcError(f"--port {self.port}: expected 0..65535 (0: any free port)")
+            raise BertcError(f"`port` {self.port}: expected 0..65535 (0: any free port)")
 
     def threads_per_replica(self) -> int:
         if self.intra_op_threads:
@@ -135,7 +135,7 @@ class Server:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise BertcError(f"--host {cfg.host} --port {cfg.port}: cannot listen "
+            raise BertcError(f"`host` {cfg.host} `port` {cfg.port}: cannot listen "
                              f"({e.strerror}); expected a free port") from None
         self.port = self._runner.addresses[0][1]
         self._last_log = time.monotonic()

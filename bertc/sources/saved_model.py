@@ -67,7 +67,7 @@ def read_saved_model_weights(model_dir: str) -> dict:
     from tensorflow.core.protobuf import saved_model_pb2
     pb = os.path.join(model_dir, "saved_model.pb")
     if not os.path.isfile(pb):
-        raise BertcError(f"--saved_model {model_dir}: no saved_model.pb; expected a SavedModel "
+        raise BertcError(f"`saved_model` {model_dir}: no saved_model.pb; expected a SavedModel "
                          "directory")
     proto = saved_model_pb2.SavedModel()
     try:
@@ -101,7 +101,7 @@ def read_saved_model_weights(model_dir: str) -> dict:
             for var in getattr(loaded, "variables", []):
                 _keep(found, var.name, var.numpy(), index)
     if not found:
-        raise BertcError(f"--saved_model {model_dir}: no tensor named like Google BERT's "
+        raise BertcError(f"`saved_model` {model_dir}: no tensor named like Google BERT's "
                          "(bert/encoder/layer_0/attention/self/query/kernel, ...) among its "
                          "variables or constants")
     return found
@@ -118,7 +118,7 @@ def infer_config(weights: dict, source: str) -> BertConfig:
                      for m in [re.match(r"bert/encoder/layer_(\d+)/", n)] if m)
     if hidden % 64:
         raise BertcError(f"{source}: hidden size {hidden} is not a multiple of 64; pass "
-                         "--bert_config to give num_attention_heads")
+                         "`bert_config` to give num_attention_heads")
     logging.warning("%s: no bert_config.json; inferred %d layers, hidden %d, %d heads of 64 "
                     "(pass --bert_config if the heads differ)", source, layers, hidden, hidden // 64)
     return BertConfig(
@@ -147,8 +147,8 @@ def load_saved_model(model_dir: str, bert_config: str = None, vocab: str = None,
               else infer_config(weights, model_dir))
     vocab_file = vocab or _first_file(model_dir, checkpoint.VOCAB_FILE)
     if vocab_file is None:
-        raise BertcError(f"--saved_model {model_dir}: no vocab.txt in the directory or its "
-                         "assets/; expected --vocab FILE")
+        raise BertcError(f"`saved_model` {model_dir}: no vocab.txt in the directory or its "
+                         "assets/; expected `vocab` FILE")
     weights_lib.validate(weights, config, source=model_dir,
                          vocab_size=checkpoint.count_vocab(vocab_file))
     files = [os.path.join(model_dir, "saved_model.pb")] + sorted(

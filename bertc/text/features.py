@@ -14,7 +14,7 @@ from bertc.text import tokenization
 
 def check_rows(rows: Optional[int]) -> None:
     if rows is not None and (isinstance(rows, bool) or rows < 1):
-        raise BertcError(f"--verify_rows {rows}: expected a positive number of rows")
+        raise BertcError(f"`verify_rows` {rows}: expected a positive number of rows")
 
 
 def resolve_lower_case(hints: Mapping, vocab_file: str, requested: Optional[bool]) -> bool:

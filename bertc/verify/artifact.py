@@ -68,7 +68,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             pass_rows[str(seq_len)] = per_pass_lib.per_pass_report(
                 reference, doc["rewrites"]["requested"], pass_options(doc), batches)
     if not reports:
-        raise BertcError(f"--seq_len: the artifact has lengths "
+        raise BertcError(f"`seq_len`: the artifact has lengths "
                          f"{[m['seq_len'] for m in doc['models']]}; none selected")
     passed = all(r["passed"] for r in reports.values())
     logging.info("verify %s: %s", artifact, "passed" if passed else "FAILED")

@@ -66,7 +66,7 @@ def _parse_tf_version(text: str) -> tuple:
     match = _VERSION_RE.match(str(text))
     if not match:
         raise BertcError(
-            f"--target neuron: cannot read TensorFlow version {text!r}; expected 'X.Y.Z' such as '2.10.1'"
+            f"`target` neuron: cannot read TensorFlow version {text!r}; expected 'X.Y.Z' such as '2.10.1'"
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -76,7 +76,7 @@ def _running_tf_version() -> str:
         tf = importlib.import_module("tensorflow")
     except ImportError as exc:
         raise BertcError(
-            f"--target neuron: TensorFlow is not importable ({exc}); {INSTALL_HINT}"
+            f"`target` neuron: TensorFlow is not importable ({exc}); {INSTALL_HINT}"
         ) from exc
     return str(getattr(tf, "__version__", ""))
 
@@ -100,7 +100,7 @@ def preflight(
     max_py_text = f"{MAX_PYTHON_VERSION[0]}.{MAX_PYTHON_VERSION[1]}"
     if py > MAX_PYTHON_VERSION:
         raise BertcError(
-            f"--target neuron: Python {py_text} is not supported by tensorflow-neuron "
+            f"`target` neuron: Python {py_text} is not supported by tensorflow-neuron "
             f"(supports Python <= {max_py_text}); {INSTALL_HINT}"
         )
 
@@ -109,7 +109,7 @@ def preflight(
     tf = _parse_tf_version(tf_version)
     if tf not in SUPPORTED_TF_VERSIONS:
         raise BertcError(
-            f"--target neuron: TensorFlow {tf_version} is not supported by tensorflow-neuron "
+            f"`target` neuron: TensorFlow {tf_version} is not supported by tensorflow-neuron "
             f"(supports {SUPPORTED_TF_TEXT}); {INSTALL_HINT} {NEURONX_NOTE}"
         )
 
@@ -117,12 +117,12 @@ def preflight(
         importer("tensorflow.neuron")
     except ImportError as exc:
         raise BertcError(
-            f"--target neuron: the Neuron SDK is not installed (import tensorflow.neuron failed: "
+            f"`target` neuron: the Neuron SDK is not installed (import tensorflow.neuron failed: "
             f"{_first_line(exc)}); run: {INSTALL_COMMAND}"
         ) from exc
     except Exception as exc:  # the SDK's import can fail loading its native ops
         raise BertcError(
-            f"--target neuron: import tensorflow.neuron failed: {_first_line(exc)}; reinstall with: "
+            f"`target` neuron: import tensorflow.neuron failed: {_first_line(exc)}; reinstall with: "
             f"{INSTALL_COMMAND}"
         ) from exc
     logger.debug("neuron preflight ok: Python %s, TensorFlow %s", py_text, tf_version)
@@ -137,7 +137,7 @@ def _check_str_list(flag: str, value) -> Optional[list]:
     if value is None:
         return None
     if isinstance(value, str) or not all(isinstance(item, str) for item in value):
-        raise BertcError(f"{flag}: expected a list of strings, got {value!r}")
+        raise BertcError(f"`{flag}`: expected a list of strings, got {value!r}")
     return list(value)
 
 
@@ -159,27 +159,27 @@ class NeuronCompileCall:
         self.model_dir = os.fspath(self.model_dir)
         self.new_model_dir = os.fspath(self.new_model_dir)
         if not self.model_dir:
-            raise BertcError("--target neuron: model_dir is empty; expected a SavedModel directory")
+            raise BertcError("`target` neuron: model_dir is empty; expected a SavedModel directory")
         if not self.new_model_dir:
-            raise BertcError("--target neuron: new_model_dir is empty; expected an output directory path")
+            raise BertcError("`target` neuron: new_model_dir is empty; expected an output directory path")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise BertcError(f"--batch_size: expected a positive integer, got {self.batch_size!r}")
-        self.compiler_args = _check_str_list("--compiler_args", self.compiler_args) or []
-        self.no_fuse_ops = _check_str_list("--no_fuse_ops", self.no_fuse_ops)
-        self.force_fuse_ops = _check_str_list("--force_fuse_ops", self.force_fuse_ops)
+            raise BertcError(f"`batch_size`: expected a positive integer, got {self.batch_size!r}")
+        self.compiler_args = _check_str_list("compiler_args", self.compiler_args) or []
+        self.no_fuse_ops = _check_str_list("no_fuse_ops", self.no_fuse_ops)
+        self.force_fuse_ops = _check_str_list("force_fuse_ops", self.force_fuse_ops)
         if self.minimum_segment_size is not None and (
             isinstance(self.minimum_segment_size, bool)
             or not isinstance(self.minimum_segment_size, int)
             or self.minimum_segment_size < 1
         ):
             raise BertcError(
-                f"--minimum_segment_size: expected a positive integer, got {self.minimum_segment_size!r}"
+                f"`minimum_segment_size`: expected a positive integer, got {self.minimum_segment_size!r}"
             )
         if self.compiler_workdir is not None:
             self.compiler_workdir = os.fspath(self.compiler_workdir)
         if not isinstance(self.signature_def_key, str) or not self.signature_def_key:
             raise BertcError(
-                f"--signature_def_key: expected a non-empty signature name, got {self.signature_def_key!r}"
+                f"`signature_def_key`: expected a non-empty signature name, got {self.signature_def_key!r}"
             )
 
     def kwargs(self) -> dict:
@@ -233,7 +233,7 @@ def parse_compiler_args(text: str) -> list:
         return shlex.split(text or "")
     except ValueError as exc:
         raise BertcError(
-            f"--compiler_args: cannot split {text!r} ({exc}); expected shell-style words such as "
+            f"`compiler_args`: cannot split {text!r} ({exc}); expected shell-style words such as "
             f"'--fp32-cast matmult'"
         ) from exc
 
@@ -241,7 +241,7 @@ def parse_compiler_args(text: str) -> list:
 def _refuse_existing_output(new_model_dir: str) -> None:
     if os.path.lexists(new_model_dir):
         raise BertcError(
-            f"--target neuron: new_model_dir {new_model_dir} already exists; expected a path that "
+            f"`target` neuron: new_model_dir {new_model_dir} already exists; expected a path that "
             f"does not exist yet ({COMPILE_API} refuses to overwrite)"
         )
 
@@ -252,7 +252,7 @@ def compile_saved_model(call: NeuronCompileCall) -> dict:
     _refuse_existing_output(call.new_model_dir)
     if not os.path.isdir(call.model_dir):
         raise BertcError(
-            f"--target neuron: model_dir {call.model_dir} is not a directory; expected an exported SavedModel"
+            f"`target` neuron: model_dir {call.model_dir} is not a directory; expected an exported SavedModel"
         )
 
     import tensorflow.neuron as tfn  # noqa: E402  (lazy: only exists inside the Neuron SDK)
@@ -260,7 +260,7 @@ def compile_saved_model(call: NeuronCompileCall) -> dict:
     compile_fn = getattr(getattr(tfn, "saved_model", None), "compile", None)
     if compile_fn is None:
         raise BertcError(
-            f"--target neuron: this tensorflow-neuron has no {COMPILE_API}; use TF 1.15 Neuron "
+            f"`target` neuron: this tensorflow-neuron has no {COMPILE_API}; use TF 1.15 Neuron "
             f"(TF 2.x Neuron recommends tensorflow.neuron.trace with NEURON_CC_FLAGS) {NEURONX_NOTE}"
         )
 
@@ -269,13 +269,13 @@ def compile_saved_model(call: NeuronCompileCall) -> dict:
         result = compile_fn(call.model_dir, call.new_model_dir, **call.kwargs())
     except Exception as exc:
         where = f"; compiler logs in {call.compiler_workdir}" if call.compiler_workdir else ""
-        raise BertcError(f"--target neuron: {COMPILE_API} failed: {_first_line(exc)}{where}") from exc
+        raise BertcError(f"`target` neuron: {COMPILE_API} failed: {_first_line(exc)}{where}") from exc
 
     try:
         ratio = float(result["OnNeuronRatio"])
     except (TypeError, KeyError, ValueError) as exc:
         raise BertcError(
-            f"--target neuron: {COMPILE_API} returned {result!r}; expected a dict with 'OnNeuronRatio'"
+            f"`target` neuron: {COMPILE_API} returned {result!r}; expected a dict with 'OnNeuronRatio'"
         ) from exc
     logger.info("neuron compile wrote %s, OnNeuronRatio=%.3f", call.new_model_dir, ratio)
     if ratio == 0.0:
