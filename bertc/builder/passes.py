@@ -43,6 +43,10 @@ RUN_FINAL = ("mixed_precision", "public_layernorm", "cpu_embeddings")
 INTERNAL_OP_LOWERING = {"fused_layernorm": "public_layernorm"}
 #: --dtype values that add mixed_precision (float32 needs no pass).
 HALF_DTYPES = ("float16", "bfloat16")
+#: --target openvino: the passes whose forms OpenVINO's own fusions (MHA, LayerNorm,
+#: GELU) do not undo, measured per pass (BENCHMARKS.md, benchmarks/openvino_target.py);
+#: the precision is OpenVINO's inference precision, not mixed_precision.
+OPENVINO_DEFAULT = ("strip_unused", "cls_only_tail")
 
 
 def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str = "float32",
@@ -51,13 +55,14 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     """The ordered, de-duplicated pass names a build asks for: the target's
     defaults, --rewrites, crude_gelu, mixed_precision for a half --dtype, the
     lowering of internal ops unless allowed and, on --target neuron, cpu_embeddings."""
-    wanted = list(CPU_DEFAULT if (use_default and target == "cpu") else ())
+    defaults = {"cpu": CPU_DEFAULT, "openvino": OPENVINO_DEFAULT}.get(target, ())
+    wanted = list(defaults if use_default else ())
     wanted += [r for r in rewrites if r]
     if crude_gelu or aggressive:
         wanted.append("crude_gelu")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise BertcError(f"--dtype {dtype}: expected float32, float16 or bfloat16")
-    if dtype in HALF_DTYPES:
+    if dtype in HALF_DTYPES and target != "openvino":
         wanted.append("mixed_precision")
     elif "mixed_precision" in wanted:
         raise BertcError("--rewrites mixed_precision: expected --dtype float16 or bfloat16 "
