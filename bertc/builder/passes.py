@@ -46,7 +46,7 @@ HALF_DTYPES = ("float16", "bfloat16")
 #: --target openvino: the passes whose forms OpenVINO's own fusions (MHA, LayerNorm,
 #: GELU) do not undo, measured per pass (BENCHMARKS.md, benchmarks/openvino_target.py);
 #: the precision is OpenVINO's inference precision, not mixed_precision.
-OPENVINO_DEFAULT = ("strip_unused", "cls_only_tail")
+OPENVINO_DEFAULT = ("strip_unused",)
 
 
 def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str = "float32",

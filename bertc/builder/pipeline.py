@@ -232,6 +232,9 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         config = ckpt.config
         head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
         passes = rewriting.for_head(passes, head, options.rewrites)
+        if options.target == "openvino":
+            from bertc.builder.targets import openvino
+            openvino.check_passes(passes)
         modeling.check_head(head, ckpt.weights)
         too_long = [s for s in options.seq_lens if s > config.max_position_embeddings]
         if too_long:

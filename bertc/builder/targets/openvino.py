@@ -86,6 +86,21 @@ def served_properties(inference_precision: str, parallel: Optional[int] = None,
     return compile_properties(inference_precision, parallel, parallel * threads)
 
 
+#: Passes this target refuses, and why (measured on OpenVINO 2026.4.1).
+REFUSED_PASSES = {
+    "cls_only_tail": "OpenVINO 2026.4's CPU plugin crashes (SIGSEGV) compiling its graph at "
+                     "f32",
+}
+
+
+def check_passes(pass_names) -> None:
+    """BertcError for a requested pass that this target cannot run."""
+    for name in pass_names:
+        if name in REFUSED_PASSES:
+            raise BertcError(f"--rewrites {name}: not on --target openvino "
+                             f"({REFUSED_PASSES[name]}); expected it left out")
+
+
 def ir_path(seq_len: int) -> str:
     """openvino/seq_<S>/model.xml, relative to the artifact."""
     return os.path.join(IR_DIR, f"seq_{seq_len}", XML)
