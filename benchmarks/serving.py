@@ -43,14 +43,15 @@ from bertc.client import loadgen, report  # noqa: E402
 from bertc.serving import artifact as artifact_lib  # noqa: E402
 from bertc.serving import classify, paraphrase, replica  # noqa: E402
 
-BERTC = os.path.join(REPO, ".venv", "bin", "bertc")
+#: This checkout's CLI (run from the repository root, so a worktree runs its own code).
+BERTC = [sys.executable, "-m", "bertc.cli"]
 LIGHT_CYCLE = 40  # one client, one request at a time: latency without queueing
 
 
 def ensure_artifact(path, seq_lens):
     if not os.path.isfile(os.path.join(path, "bertc.json")):
-        subprocess.run([BERTC, "build", "--output", path, "--seq_len", seq_lens,
-                        "--noverify", "--overwrite"], check=True)
+        subprocess.run([*BERTC, "build", "--output", path, "--seq_len", seq_lens,
+                        "--noverify", "--overwrite"], check=True, cwd=REPO)
     return path
 
 
@@ -162,10 +163,11 @@ def inferences_total(url):
 
 def start_server(artifact, parallel, delay_ms):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([BERTC, "serve", "--model", artifact, "--port", "0",
+    proc = subprocess.Popen([*BERTC, "serve", "--model", artifact, "--port", "0",
                              "--parallel", str(parallel), "--max_batch_delay_ms",
                              str(delay_ms), "--model_name", "bench"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            cwd=REPO)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = proc.stderr.readline()

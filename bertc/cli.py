@@ -82,7 +82,9 @@ flags.DEFINE_list("rewrites", [], "Extra graph rewrite passes, in order.")
 flags.DEFINE_bool("default_rewrites", True, "Start from the target's default passes.")
 flags.DEFINE_bool("crude_gelu", False, "GELU as x*sigmoid(1.702x) (the Neuron demo's flag).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"],
-                  "Matmul/attention precision (mixed_precision pass).")
+                  "Matmul/attention precision (mixed_precision pass; --target openvino: "
+                  "OpenVINO's inference precision, by default bfloat16 where the CPU has "
+                  "AMX or AVX512-BF16, else float32).")
 flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
                   "LayerNorm too, as the Neuron demo.")
 flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")
@@ -90,7 +92,8 @@ flags.DEFINE_bool("allow_internal_ops", False, "Keep internal TensorFlow ops (on
                   "_MklLayerNorm) in the SavedModel instead of public ops that TensorFlow "
                   "fuses at load; only x86 oneDNN builds of TensorFlow can run the result.")
 # Target.
-flags.DEFINE_enum("target", "cpu", ["cpu", "neuron"], "Compile target.")
+flags.DEFINE_enum("target", "cpu", ["cpu", "neuron", "openvino"], "Compile target "
+                  "(openvino: OpenVINO IR per bucket beside the SavedModels).")
 flags.DEFINE_string("compiler_args", "--fp32-cast matmult", "Neuron compiler arguments.")
 flags.DEFINE_bool("dry_run", False, "With --target neuron: record and print the compile "
                   "call only.")
@@ -186,7 +189,8 @@ COMMANDS = {
          ("target", ("target", "compiler_args", "dry_run")),
          ("verify", ("verify", "verify_data", "verify_rows"))),
         ("bertc build --ckpt uncased_L-12_H-768_A-12 --crude_gelu --output artifacts/base",
-         "bertc build --target neuron --dry_run --output artifacts/minilm_neuron")),
+         "bertc build --target neuron --dry_run --output artifacts/minilm_neuron",
+         "bertc build --target openvino --seq_len 32,64,128 --output artifacts/minilm_ov")),
     "verify": Command(
         "compare an artifact with the unrewritten model of its checkpoint",
         "bertc verify ARTIFACT [flags]",
@@ -266,7 +270,7 @@ def cmd_build(args):
         bert_config=FLAGS.bert_config,
         vocab=FLAGS.vocab, head=FLAGS.head, batch_size=FLAGS.batch_size, seq_lens=_seq_lens(),
         rewrites=FLAGS.rewrites, default_rewrites=FLAGS.default_rewrites,
-        crude_gelu=FLAGS.crude_gelu, dtype=FLAGS.dtype,
+        crude_gelu=FLAGS.crude_gelu, dtype=FLAGS.dtype if FLAGS["dtype"].present else None,
         aggressive_optimizations=FLAGS.aggressive_optimizations, target=FLAGS.target,
         compiler_args=neuron.parse_compiler_args(FLAGS.compiler_args), dry_run=FLAGS.dry_run,
         overwrite=FLAGS.overwrite, strict=FLAGS.strict,

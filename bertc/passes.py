@@ -63,7 +63,7 @@ def resolve(rewrites: Sequence[str] = (), crude_gelu: bool = False, dtype: str =
     _check_known(wanted)
     if crude_gelu or aggressive:
         wanted.append("crude_gelu")
-    if dtype in HALF_DTYPES:
+    if dtype in HALF_DTYPES and target not in classes["mixed_precision"].unsupported_targets:
         wanted.append("mixed_precision")
     elif "mixed_precision" in wanted:
         raise BertcError("`rewrites` mixed_precision: expected `dtype` float16 or bfloat16 "

@@ -109,6 +109,8 @@ class MixedPrecision(RewritePass):
     exact = False
     phase = FINAL  # half precision hides the float32 patterns the other passes match
     verify_bounds = {"min_cos": 0.999, "argmax": 0.995}
+    unsupported_targets = {"openvino": "its --dtype is OpenVINO's inference precision, "
+                                       "not a graph rewrite"}
     max_abs_error = ("half-precision rounding: MiniLM MRPC embedding cosine min 0.999999 "
                      "(float16), 0.99995 (bfloat16); random-classifier argmax 100% / 99.75%")
     option_names = ("dtype", "aggressive")

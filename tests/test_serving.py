@@ -34,14 +34,26 @@ def artifact(tmp_path_factory):
     return tiny_artifact(tmp_path_factory)
 
 
+@pytest.fixture(scope="module", params=["cpu", "openvino"])
+def engine_artifact(request, tmp_path_factory):
+    """The tiny artifact for each engine: TensorFlow (cpu) and OpenVINO (its IR at the
+    CPU's default precision); the server and offline tests run on both."""
+    return tiny_artifact(tmp_path_factory, target=request.param)
+
+
 @pytest.fixture(scope="module")
-def offline(artifact):
+def offline(engine_artifact):
+    return OfflineModel(engine_artifact)
+
+
+@pytest.fixture(scope="module")
+def offline_cpu(artifact):
     return OfflineModel(artifact)
 
 
 @pytest.fixture(scope="module")
-def server(artifact):
-    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=2,
+def server(engine_artifact):
+    config = ServerConfig(model=engine_artifact, model_name=NAME, port=0, parallel=2,
                           max_batch_delay_ms=5, max_instances=8, max_body_bytes=64 * 1024)
     with BackgroundServer(config) as background:
         yield background
@@ -342,7 +354,8 @@ def test_status_ping_and_metrics(server):
     assert status == 200
     assert body["model_version_status"][0]["state"] == "AVAILABLE"
     info = body["bertc"]
-    assert (info["batch_size"], info["seq_lens"], info["target"]) == (BATCH, [32, 64], "cpu")
+    engine = "openvino" if server.server.artifact.path.endswith("_openvino") else "cpu"
+    assert (info["batch_size"], info["seq_lens"], info["target"]) == (BATCH, [32, 64], engine)
     assert set(info["signature"]["inputs"]) == {"input_ids", "input_mask", "segment_ids"}
     assert info["signature"]["outputs"] == ["embedding"]
     assert info["parallel"] == 2 and info["intra_op_threads"] >= 1
@@ -435,7 +448,7 @@ def test_a_failed_batch_fails_each_of_its_requests_with_500(artifact):
         assert request(background.url, "GET", "/ping")[0] == 200
 
 
-def test_client_disconnect_does_not_break_its_batch(artifact, offline):
+def test_client_disconnect_does_not_break_its_batch(artifact, offline_cpu):
     models = []
     config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
                           max_batch_delay_ms=1)
@@ -469,7 +482,7 @@ def test_client_disconnect_does_not_break_its_batch(artifact, offline):
         blocker.join(10)
         status, _, body = answers["r"]
         assert status == 200
-        np.testing.assert_allclose(body["predictions"][0], offline_answer(offline, rows[2]),
+        np.testing.assert_allclose(body["predictions"][0], offline_answer(offline_cpu, rows[2]),
                                    atol=ATOL)
         assert request(background.url, "GET", "/ping")[0] == 200
 

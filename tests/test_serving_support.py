@@ -23,10 +23,13 @@ def minilm_vocab() -> str:
     return path
 
 
-def tiny_artifact(tmp_path_factory, head: str = "embedding", seq_lens=SEQ_LENS) -> str:
-    """The artifact directory (built on first use in this session)."""
+def tiny_artifact(tmp_path_factory, head: str = "embedding", seq_lens=SEQ_LENS,
+                  target: str = "cpu") -> str:
+    """The artifact directory (built on first use in this session); target openvino
+    adds the OpenVINO IR at the CPU's default precision."""
     base = tmp_path_factory.getbasetemp()
-    out = os.path.join(base, f"tiny_{head}_{'_'.join(map(str, seq_lens))}")
+    out = os.path.join(base, f"tiny_{head}_{'_'.join(map(str, seq_lens))}"
+                             + ("" if target == "cpu" else f"_{target}"))
     if os.path.isfile(os.path.join(out, "bertc.json")):
         return out
     import bertc
@@ -52,18 +55,24 @@ def tiny_artifact(tmp_path_factory, head: str = "embedding", seq_lens=SEQ_LENS) 
         hints["head"] = head
     checkpoint.write_checkpoint(ckpt_dir, config, weights, minilm_vocab(), hints=hints)
     bertc.build(bertc.BuildOptions(output=out, ckpt=ckpt_dir, seq_lens=list(seq_lens),
-                                   batch_size=BATCH, verify=False))
+                                   batch_size=BATCH, verify=False, target=target))
     return out
 
 
 class OfflineModel:
-    """The artifact's SavedModels run directly (eager, tf.saved_model.load)."""
+    """The artifact's models run directly: the SavedModels (eager, tf.saved_model.load)
+    or, for an OpenVINO artifact, its IR compiled with serve's default properties."""
 
     def __init__(self, artifact: str):
         from bertc.artifact import manifest
         from bertc.artifact.saved_model_writer import load_signature
         doc = manifest.read(artifact)
         self.batch = doc["batch_size"]
+        if doc["target"]["name"] == "openvino":
+            self.fns = {m["seq_len"]: _openvino_fn(os.path.join(artifact, m["openvino_path"]),
+                                                   doc["target"]["openvino"])
+                        for m in doc["models"]}
+            return
         self.fns = {m["seq_len"]: load_signature(os.path.join(artifact, m["path"]))
                     for m in doc["models"]}
 
@@ -81,9 +90,18 @@ class OfflineModel:
             out = self.fns[seq_len](input_ids=tf.constant(arrays[0]),
                                     input_mask=tf.constant(arrays[1]),
                                     segment_ids=tf.constant(arrays[2]))
-            out = {k: v.numpy() for k, v in out.items()}
+            out = {k: np.asarray(v) for k, v in out.items()}
             results += [{k: v[i] for k, v in out.items()} for i in range(len(chunk))]
         return results
+
+
+def _openvino_fn(xml: str, record: dict):
+    """fn(input_ids=, input_mask=, segment_ids=) -> {output: array} over one IR."""
+    from bertc.builder.targets import openvino
+    from bertc.runtime import openvino_runner
+    runner = openvino_runner.ir_runner(
+        xml, openvino.served_properties(record["inference_precision"]))
+    return lambda **feeds: runner({k: np.asarray(v) for k, v in feeds.items()})
 
 
 class GatedModel:

@@ -12,6 +12,7 @@ Artifact layout (written to a temporary sibling and renamed into place):
   ARTIFACT/vocab.txt           the tokenizer's vocabulary
   ARTIFACT/seq_<S>/1/          one SavedModel per sequence length (TF Serving layout)
   ARTIFACT/neuron/seq_<S>/1/   the Neuron-compiled SavedModel (--target neuron)
+  ARTIFACT/openvino/seq_<S>/   model.xml + model.bin, OpenVINO IR (--target openvino)
 """
 
 import dataclasses
@@ -36,8 +37,9 @@ from bertc.sources import load
 from bertc.text import features as features_lib
 from bertc.verify import compare as verify_lib
 from bertc.verify import reference
+from bertc.verify import runs as verify_runs
 
-TARGETS = ("cpu", "neuron")
+TARGETS = ("cpu", "neuron", "openvino")
 #: What says that an existing directory is an artifact (--overwrite may replace it).
 ARTIFACT_MARKER = atomic.json_marker(manifest.FILE_NAME, "format", manifest.FORMAT)
 
@@ -61,7 +63,7 @@ class BuildOptions:
     rewrites: Sequence[str] = ()
     default_rewrites: bool = True
     crude_gelu: bool = False
-    dtype: str = "float32"
+    dtype: Optional[str] = None  # None: the target's default (float32; openvino: by CPU)
     aggressive_optimizations: bool = False
     target: str = "cpu"
     compiler_args: Optional[Sequence[str]] = None
@@ -121,7 +123,21 @@ def with_defaults(options: BuildOptions) -> BuildOptions:
     source = ckpt or options.saved_model
     output = options.output or os.path.join("artifacts",
                                             os.path.basename(os.path.normpath(source)))
-    return dataclasses.replace(options, ckpt=ckpt, output=output)
+    return dataclasses.replace(options, ckpt=ckpt, output=output, dtype=default_dtype(options))
+
+
+def default_dtype(options: BuildOptions) -> str:
+    """--dtype, else float32; on --target openvino the CPU's fastest native precision."""
+    if options.dtype is not None:
+        return options.dtype
+    if options.target == "openvino":
+        from bertc.builder.targets import openvino
+        dtype = openvino.default_dtype()
+        logging.info("--target openvino: --dtype %s (inference precision %s), the fastest "
+                     "this CPU runs natively; --dtype float32 is exact", dtype,
+                     openvino.precision(dtype))
+        return dtype
+    return "float32"
 
 
 def source_dirs(options: BuildOptions) -> List[str]:
@@ -135,6 +151,7 @@ def source_dirs(options: BuildOptions) -> List[str]:
 def build(options: BuildOptions) -> BuildResult:
     """Builds, exports, compiles and verifies an artifact; see the module docstring."""
     check_options(options)
+    dtype_source = "--dtype" if options.dtype else "the target's default for this CPU"
     options = with_defaults(options)
     neuron_args = None
     if options.target == "neuron":  # before anything else: a missing SDK is the first error
@@ -143,19 +160,25 @@ def build(options: BuildOptions) -> BuildResult:
                        else list(neuron.DEFAULT_COMPILER_ARGS))
         if not options.dry_run:
             neuron.preflight()
+    if options.target == "openvino":
+        from bertc.builder.targets import openvino
+        openvino.precision(options.dtype)
+        openvino.load()
     passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
                                options.aggressive_optimizations, options.target,
                                options.default_rewrites, options.allow_internal_ops)
     log = StageLog()
     with atomic.output_directory(options.output, options.overwrite, marker=ARTIFACT_MARKER,
                                  sources=source_dirs(options)) as tmp:
-        doc, verify_reports = _build_into(tmp, options, passes, neuron_args, log)
+        doc, verify_reports = _build_into(tmp, options, passes, neuron_args, log,
+                                          dtype_source)
     logging.info("wrote %s in %.1f s", options.output, log.total_seconds())
     return BuildResult(artifact=os.path.abspath(options.output), manifest=doc,
                        verify_report=verify_reports or None, stages=log.stages)
 
 
-def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: StageLog):
+def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: StageLog,
+                dtype_source: str = "--dtype"):
     """Every stage, writing the artifact into `tmp`; returns (manifest, verify reports)."""
     from bertc.sources import embedded as defaults
     if options.ckpt == defaults.default_checkpoint_dir():
@@ -165,6 +188,9 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         config = ckpt.config
         head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
         passes = rewriting.for_head(passes, head, options.rewrites)
+        if options.target == "openvino":
+            from bertc.builder.targets import openvino
+            openvino.check_passes(passes)
         modeling.check_head(head, ckpt.weights)
         too_long = [s for s in options.seq_lens if s > config.max_position_embeddings]
         if too_long:
@@ -178,8 +204,15 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     logging.info("model: %d layers, hidden %d, %d heads of %d; head %s; rewrites: %s",
                  config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
                  config.head_size, head, ", ".join(passes) or "none")
-    exact = rewriting.is_exact(passes)
+    exact = rewriting.is_exact(passes) and (options.target != "openvino"
+                                            or options.dtype == "float32")
     thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
+    if options.target == "openvino":
+        from bertc.builder.targets import openvino as openvino_target
+        # OpenVINO's half inference precision is verified as mixed_precision is
+        thresholds = rewriting.thresholds(
+            list(passes) + (["mixed_precision"] if options.dtype != "float32" else []),
+            verify_lib.EXACT)
     pass_options = rewriting.pass_options(options.dtype, options.aggressive_optimizations,
                                           options.target)
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
@@ -213,13 +246,17 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                                        reports)
                 compile_calls.append(call)
                 entry["neuron_path"] = call["new_model_dir_relative"]
+            if options.target == "openvino":
+                call = openvino_target.compile_bucket(tmp, relative, seq_len, options.dtype)
+                compile_calls.append(call)
+                entry["openvino_path"] = call["ir"]
             models.append(entry)
         if options.verify:
             with log.stage("verify"):
                 features, source = features_lib.text_features(
                     options.verify_data, ckpt.vocab_file, lower, seq_len, options.verify_rows)
                 verify_reports[str(seq_len)] = verify_lib.verify_runners(
-                    runners.saved_model_runs(os.path.join(tmp, relative)),
+                    verify_runs.artifact_runs(tmp, entry, options.dtype),
                     # read from disk again, alive only while it runs
                     lambda: runners.graph_def_runner(reference.reference_graph(
                         source_of(options), head, options.batch_size, seq_len)),
@@ -233,6 +270,9 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         rewrite_reports=rewrite_reports, models=models, thresholds=thresholds,
         compile_calls=compile_calls, verify_reports=verify_reports, stages=log.stages,
         hints=ckpt.hints)
+    if options.target == "openvino":
+        doc["target"]["openvino"] = openvino_target.target_record(
+            options.dtype, dtype_source)
     failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
               if not r["passed"]]
     if failed:

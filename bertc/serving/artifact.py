@@ -50,6 +50,13 @@ class Artifact:
                 return os.path.join(self.path, entry["path"])
         raise KeyError(seq_len)
 
+    def openvino_xml(self, seq_len: int) -> str:
+        """The OpenVINO IR of one bucket (ARTIFACT/openvino/seq_<S>/model.xml)."""
+        for entry in self.manifest["models"]:
+            if entry["seq_len"] == seq_len and entry.get("openvino_path"):
+                return os.path.join(self.path, entry["openvino_path"])
+        raise KeyError(seq_len)
+
     def bucket_for(self, num_tokens: int) -> Optional[int]:
         """The smallest bucket that holds `num_tokens`; None when none does."""
         for seq_len in self.seq_lens:
@@ -91,10 +98,27 @@ def load_artifact(path: str) -> Artifact:
     if not os.path.isfile(art.vocab_file):
         raise BertcError(f"{art.vocab_file}: file not found; expected the artifact's "
                          "vocabulary")
-    if art.target != "cpu":
+    if art.target == "openvino":
+        _check_openvino(art)
+    elif art.target != "cpu":
         logger.warning("%s: built for target %s; serving its CPU SavedModels (seq_<S>/1)",
                        path, art.target)
     return art
+
+
+def _check_openvino(art: Artifact) -> None:
+    """Every bucket's IR (model.xml + model.bin) is there."""
+    for seq_len in art.seq_lens:
+        try:
+            xml = art.openvino_xml(seq_len)
+        except KeyError:
+            raise BertcError(f"{os.path.join(art.path, manifest.FILE_NAME)}: seq {seq_len} "
+                             "has no openvino_path; expected one IR per bucket "
+                             "(--target openvino)") from None
+        for path in (xml, xml[:-len(".xml")] + ".bin"):
+            if not os.path.isfile(path):
+                raise BertcError(f"{path}: file not found; expected the seq {seq_len} "
+                                 "OpenVINO IR of the artifact")
 
 
 def paraphrase_threshold(art: Artifact, requested: Optional[float]) -> Tuple[float, str]:

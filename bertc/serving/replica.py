@@ -67,6 +67,16 @@ def load_model(art, intra_op_threads: int) -> SessionModel:
     return model
 
 
+def model_factory(art, parallel: int):
+    """What loads a replica's model: (art, threads) -> model. OpenVINO artifacts
+    share one compiled model per bucket with `parallel` streams
+    (bertc.serving.openvino_model); others get a Session each."""
+    if art.target == "openvino":
+        from bertc.serving import openvino_model
+        return openvino_model.factory(art, parallel)
+    return load_model
+
+
 class Replica(threading.Thread):
     """One worker: batcher.next_batch() -> model.run -> deliver, until drained."""
 

@@ -75,6 +75,14 @@ class ServerConfig:
         return tf_runtime.default_intra_op_threads(self.parallel)
 
 
+def engine(art: artifact_lib.Artifact) -> str:
+    """The engine that runs the artifact, for the start-up log line."""
+    if art.target == "openvino":
+        from bertc.runtime import openvino_settings
+        return f"OpenVINO {openvino_settings.version()}"
+    return f"TensorFlow {tf_runtime.describe()}"
+
+
 ModelFactory = Callable[[artifact_lib.Artifact, int], object]
 
 
@@ -96,7 +104,7 @@ class Server:
         self.window = metrics_lib.TrafficWindow()
         self.encoder = TextEncoder(self.artifact)
         self.draining = False
-        factory = model_factory or replica_lib.load_model
+        factory = model_factory or replica_lib.model_factory(self.artifact, config.parallel)
         threads = config.threads_per_replica()
         start = time.monotonic()
         models = [factory(self.artifact, threads) for _ in range(config.parallel)]
@@ -104,7 +112,7 @@ class Server:
                     "thread(s) in %.1f s%s", self.artifact.path, self.artifact.head,
                     self.artifact.batch_size, ",".join(map(str, self.artifact.seq_lens)),
                     config.parallel, threads, time.monotonic() - start,
-                    "" if model_factory else f"; TensorFlow {tf_runtime.describe()}")
+                    "" if model_factory else f"; {engine(self.artifact)}")
         self.replicas = replica_lib.start_replicas(models, self.batcher, self._on_batch)
         self._runner: Optional[web.AppRunner] = None
         self._log_task: Optional[asyncio.Task] = None

@@ -18,6 +18,7 @@ from bertc.sources import google_checkpoint as checkpoint
 from bertc.sources import load
 from bertc.text import features as features_lib
 from bertc.verify import compare as verify_lib
+from bertc.verify import runs as verify_runs
 
 
 def check_checksums(doc: dict) -> None:
@@ -55,7 +56,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         features, source = features_lib.text_features(
             data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(
-            runners.saved_model_runs(os.path.join(artifact, entry["path"])),
+            verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32"),
             lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)
@@ -66,7 +67,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             batches = [b for feats, _ in sets.values()
                        for b in verify_lib.pad_rows(feats, doc["batch_size"])]
             pass_rows[str(seq_len)] = per_pass_lib.per_pass_report(
-                reference, doc["rewrites"]["requested"], pass_options(doc), batches)
+                reference, doc["rewrites"]["requested"], pass_options(doc), batches,
+                compiled=compiled_step(artifact, entry, doc))
     if not reports:
         raise BertcError(f"`seq_len`: the artifact has lengths "
                          f"{[m['seq_len'] for m in doc['models']]}; none selected")
@@ -74,6 +76,16 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
     logging.info("verify %s: %s", artifact, "passed" if passed else "FAILED")
     return {"artifact": os.path.abspath(artifact), "passed": passed, "per_seq_len": reports,
             "per_pass": pass_rows}
+
+
+def compiled_step(artifact: str, entry: dict, doc: dict):
+    """(name, runner factory) of the target's compile, per_pass's last step; None on
+    targets whose SavedModel is what runs."""
+    if not entry.get("openvino_path"):
+        return None
+    runs = verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32")
+    factory, _ = runs["openvino"]
+    return "openvino", factory
 
 
 def pass_options(doc: dict) -> dict:

@@ -18,8 +18,10 @@ from bertc.model.freeze import FrozenGraph
 
 
 def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,
-                    batches: List[verify_lib.Batch]) -> List[dict]:
-    """[{'pass', 'sites', 'outputs': {name: stats}}] for each prefix of `passes`."""
+                    batches: List[verify_lib.Batch], compiled=None) -> List[dict]:
+    """[{'pass', 'sites', 'outputs': {name: stats}}] for each prefix of `passes`, and
+    last, with compiled=(name, runner factory), the target's compiled model (all
+    passes, then the compile: --target openvino's IR as served)."""
     want = verify_lib.run_all(lambda: runners.graph_def_runner(reference), batches)
     rows = []
     rewritten = reference
@@ -33,6 +35,10 @@ def per_pass_report(reference: FrozenGraph, passes: List[str], options: dict,
         logging.info("per-pass %-16s sites %3d  %s", name, reports[-1]["sites"],
                      "  ".join(f"{n}: max_abs {s['max_abs']:.3g} min_cos {s['min_cos']:.6f}"
                                for n, s in stats.items()))
+    if compiled is not None:
+        name, factory = compiled
+        stats = verify_lib.compare_results(verify_lib.run_all(factory, batches), want, batches)
+        rows.append({"pass": name, "sites": 1, "outputs": stats})
     return rows
 
 

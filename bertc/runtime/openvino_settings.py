@@ -1,0 +1,60 @@
+"""OpenVINO's runtime settings: the pinned package, loading it lazily, and the one
+set of compile properties that verify, `bertc serve` and the benchmarks all use.
+
+NUM_STREAMS infer requests run at once on INFERENCE_NUM_THREADS threads in all;
+INFERENCE_PRECISION_HINT is the precision (--dtype float32 -> f32, bfloat16 -> bf16,
+float16 -> f16); f32 compiles in ACCURACY mode, so no plugin-chosen lower
+precision runs anywhere.
+"""
+
+from typing import Optional
+
+from bertc.errors import BertcError
+
+#: The pinned release (requirements/runtime.txt).
+PIN = "openvino==2026.4.1"
+INSTALL_HINT = f"pip install {PIN}"
+#: --dtype -> OpenVINO's inference precision.
+PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def precision(dtype: str) -> str:
+    """OpenVINO's name for a --dtype ('bf16' for 'bfloat16')."""
+    if dtype not in PRECISIONS:
+        raise BertcError(f"`dtype` {dtype}: expected one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[dtype]
+
+
+def load():
+    """The `openvino` module; BertcError naming the package when it is missing."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BertcError(f"`target` openvino: the openvino package is not installed "
+                         f"({exc}); run: {INSTALL_HINT}") from None
+    return openvino
+
+
+def version() -> str:
+    return load().get_version()
+
+
+def compile_properties(inference_precision: str, streams: int, threads: int) -> dict:
+    """The CPU plugin's properties for a served model: `streams` infer requests run
+    at once on `threads` threads in all.  f32 compiles in ACCURACY mode (no
+    plugin-chosen lower precision anywhere)."""
+    return {"INFERENCE_PRECISION_HINT": inference_precision,
+            "EXECUTION_MODE_HINT": "ACCURACY" if inference_precision == "f32"
+            else "PERFORMANCE",
+            "NUM_STREAMS": str(max(1, streams)),
+            "INFERENCE_NUM_THREADS": str(max(1, threads))}
+
+
+def served_properties(inference_precision: str, parallel: Optional[int] = None,
+                      threads_per_stream: Optional[int] = None) -> dict:
+    """compile_properties for `bertc serve --parallel N [--intra_op_threads T]`
+    (defaults as serve's: N = 2, T = cores / N); verify compiles with these too."""
+    from bertc.runtime import tf_settings
+    parallel = parallel or tf_settings.DEFAULT_REPLICAS
+    threads = threads_per_stream or tf_settings.default_intra_op_threads(parallel)
+    return compile_properties(inference_precision, parallel, parallel * threads)
