@@ -17,7 +17,7 @@ Tensors are named as in GraphDef inputs: `name` for port 0, `name:port` else.
 
 import collections
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -297,13 +297,17 @@ class Graph:
         if shapes:  # adding a node changes no existing tensor's shape
             self._shapes = None
 
-    def unique_name(self, base: str) -> str:
-        """`base`, or `base_1`, `base_2`, ... whichever is free."""
+    def unique_name(self, base: str, taken: Callable[[str], bool] = lambda name: False) -> str:
+        """`base`, or `base_1`, `base_2`, ... whichever is free: not a node of the
+        graph, nor `taken` (names an edit has reserved)."""
         base = base.lstrip("_") or "node"
-        if base not in self._nodes:
+
+        def free(name):
+            return name not in self._nodes and not taken(name)
+        if free(base):
             return base
         index = 1
-        while f"{base}_{index}" in self._nodes:
+        while not free(f"{base}_{index}"):
             index += 1
         return f"{base}_{index}"
 

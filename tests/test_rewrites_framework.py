@@ -209,3 +209,37 @@ def test_pipeline_passes_known_options_only():
                           options={"dtype": "float32", "aggressive": False})
     assert result.reports[0].sites > 0
     assert isinstance(result, pipeline.PipelineResult)
+
+
+class _AddsThenGivesUp(base.FusionPass):
+    """Matches Mul(x, c); adds two Consts and a node, then fuses only if `fuses`."""
+
+    name = "adds_then_gives_up"
+    pattern = P.OpTypePattern("Mul", name="mul", inputs=[P.OpTypePattern("*"), P.ConstPattern()])
+    root_ops = ("Mul",)
+    fuses = False
+
+    def fuse(self, graph, match, edit):
+        first = edit.add_const("k", np.float32(3.0))
+        second = edit.add_const("k", np.float32(4.0))
+        self.names = (first, second)
+        assert "k" not in graph and "k_1" not in graph  # buffered, not yet added
+        edit.add_node("Mul", "mul", [match.tensor("mul"), second], {"T": tf.float32})
+        return self.fuses
+
+
+def test_a_fuse_that_gives_up_leaves_the_graph_byte_identical():
+    gd = _small_graph()
+    untouched = Graph(gd).to_graph_def().SerializeToString(deterministic=True)
+    rewritten, sites = _AddsThenGivesUp().apply(gd)
+    assert sites == 0
+    assert rewritten.SerializeToString(deterministic=True) == untouched
+
+
+def test_edit_reserves_names_and_adds_them_at_apply():
+    fusion = _AddsThenGivesUp()
+    fusion.fuses = True
+    rewritten, sites = fusion.apply(_small_graph())
+    assert sites == 1 and fusion.names == ("k", "k_1")
+    nodes = {n.name: n for n in rewritten.node}
+    assert nodes["mul_1"].input == ["mul", "k_1"] and nodes["k"].op == "Const"
