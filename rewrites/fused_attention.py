@@ -136,28 +136,41 @@ class FusedAttention(FusionPass):
                                          names["value_dense"]})
 
     def fuse(self, graph: Graph, match: Match, edit: Edit) -> bool:
+        root = match.root
         matmuls = [match.node(f"{k}_matmul") for k in KINDS]
         if any(m.attr["transpose_a"].b for m in matmuls):
+            logger.debug("%s: %s not fused: a projection MatMul has transpose_a", self.name, root)
             return False
         transpose_b = {m.attr["transpose_b"].b for m in matmuls}
         if len(transpose_b) != 1:
+            logger.debug("%s: %s not fused: the projections differ in transpose_b",
+                         self.name, root)
             return False
         transpose_b = transpose_b.pop()
         kernels = [match.value(f"{k}_kernel") for k in KINDS]
         biases = [match.value(f"{k}_bias") for k in KINDS]
         if any(k.ndim != 2 for k in kernels) or any(b.ndim != 1 for b in biases):
+            logger.debug("%s: %s not fused: kernels are not 2-D or biases not 1-D",
+                         self.name, root)
             return False
         in_axis, out_axis = (1, 0) if transpose_b else (0, 1)
         if len({k.shape[in_axis] for k in kernels}) != 1:
+            logger.debug("%s: %s not fused: the kernels' input widths differ", self.name, root)
             return False
         widths = [k.shape[out_axis] for k in kernels]
         if [b.shape[0] for b in biases] != widths:
+            logger.debug("%s: %s not fused: a bias width differs from its kernel's",
+                         self.name, root)
             return False
         dtype = graph.dtype(match.tensor("query_dense"))
         if dtype is None or any(tf.as_dtype(a.dtype) != dtype for a in kernels + biases):
+            logger.debug("%s: %s not fused: unknown dtype, or weights of another dtype (%s)",
+                         self.name, root, dtype)
             return False
         scale = self._scale(match)
         if scale is None:
+            logger.debug("%s: %s not fused: the score scale is not a non-zero scalar",
+                         self.name, root)
             return False
         np_dtype = dtype.as_numpy_dtype
         kernels[0] = (kernels[0] * np.asarray(scale, np_dtype)).astype(np_dtype)

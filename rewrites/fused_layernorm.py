@@ -149,22 +149,35 @@ class FusedLayerNorm(FusionPass):
         x = match.tensor("x")
         shape = graph.shape(x)
         dtype = graph.dtype(match.tensor("output"))
+        root = match.tensor("output")
         if shape is None or not shape or shape[-1] is None or dtype not in _FUSED_DTYPES:
+            logger.debug("%s: %s not fused: x's last dimension is unknown or the dtype (%s) "
+                         "is not one %s takes", self.name, root, dtype, FUSED_OP)
             return False
         rank, depth = len(shape), shape[-1]
         if rank not in (2, 3) and any(d is None for d in shape):
+            logger.debug("%s: %s not fused: x of rank %d has unknown dimensions",
+                         self.name, root, rank)
             return False
         for mean_name, axes_name in (("mean", "mean_axes"), ("variance", "variance_axes")):
             axes = np.asarray(match.value(axes_name)).reshape(-1)
             if axes.dtype.kind not in "iu" or sorted(int(a) % rank for a in axes) != [rank - 1]:
+                logger.debug("%s: %s not fused: the %s is not over the last axis alone",
+                             self.name, root, mean_name)
                 return False
             if not match.node(mean_name).attr["keep_dims"].b:
+                logger.debug("%s: %s not fused: the %s drops the reduced axis (keep_dims "
+                             "false)", self.name, root, mean_name)
                 return False
         epsilon = match.value("epsilon")
         if epsilon.size != 1 or not 0.0 <= float(epsilon.reshape(-1)[0]) <= MAX_EPSILON:
+            logger.debug("%s: %s not fused: epsilon is not a scalar in [0, %g]",
+                         self.name, root, MAX_EPSILON)
             return False
         values = {name: match.value(name) for name in ("gamma", "beta")}
         if any(v.size != depth or any(d != 1 for d in v.shape[:-1]) for v in values.values()):
+            logger.debug("%s: %s not fused: gamma or beta is not one value per channel",
+                         self.name, root)
             return False
         params = []
         for name, value in values.items():
@@ -173,7 +186,6 @@ class FusedLayerNorm(FusionPass):
             else:
                 params.append(edit.add_const(f"{match.tensor('output')}/{name}",
                                              value.reshape(depth), dtype=dtype))
-        root = match.tensor("output")
         scope = f"{root}/{self.name}"
         flat = x
         if rank not in (2, 3):

@@ -1,6 +1,7 @@
 """Each pass on tiny graphs: it matches every site, refuses near-misses, keeps
 its numeric bound, and a second run changes nothing."""
 
+import logging
 import math
 
 import numpy as np
@@ -243,6 +244,18 @@ def test_fused_layernorm_refuses_other_axes_and_non_constant_parameters():
                   tf.TensorSpec([16], tf.float32, name="g"))
     _, report = _apply(gd, "fused_layernorm", ["x", "g", "out"])
     assert report.sites == 0
+
+
+def test_fused_layernorm_logs_why_it_gives_up(caplog):
+    def fn(x):
+        return tf.identity(modeling.layer_norm(x, np.ones(16, np.float32),
+                                               np.zeros(16, np.float32), epsilon=0.1), name="out")
+
+    gd = rg.trace(fn, tf.TensorSpec([6, 16], tf.float32, name="x"))
+    with caplog.at_level(logging.DEBUG, logger="rewrites.fused_layernorm"):
+        _, report = _apply(gd, "fused_layernorm", ["x", "out"])
+    assert report.sites == 0
+    assert "not fused: epsilon is not a scalar in [0, 0.01]" in caplog.text
 
 
 # -------------------------------------------------------------------- attention
