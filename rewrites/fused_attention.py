@@ -238,7 +238,7 @@ def deduplicate_mask_bias(graph: Graph) -> int:
         if first != node.name and node.name not in graph.protected:
             merged.append(node.name)
             keys[node.name] = keys[first]
-            for port in range(_num_outputs(graph, node)):
+            for port in range(graph.num_outputs(node)):
                 mapping[tensor_name(node.name, port)] = tensor_name(first, port)
             mapping[node.name] = first
     if not merged:
@@ -265,9 +265,3 @@ def _node_key(graph: Graph, node, keys: Dict[str, tuple]):
     attrs = tuple(sorted((k, v.SerializeToString(deterministic=True))
                          for k, v in node.attr.items() if not k.startswith("_")))
     return (node.op, attrs, tuple(inputs))
-
-
-def _num_outputs(graph: Graph, node) -> int:
-    uses = [parse_input(t)[1] for n in graph.nodes() for t in n.input
-            if parse_input(t)[0] == node.name and not t.startswith("^")]
-    return max(uses, default=0) + 1

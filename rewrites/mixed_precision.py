@@ -85,7 +85,7 @@ from tensorflow.python.framework import kernels, op_def_registry
 
 from rewrites.base import FINAL, RewritePass
 from rewrites.fused_layernorm import FUSED_OP as FUSED_LAYER_NORM, FusedLayerNorm
-from rewrites.graph import Graph, parse_input, tensor_name
+from rewrites.graph import Graph, canonical, parse_input, tensor_name
 from rewrites.input_regions import MATMUL_OPS, MASKED_SOFTMAX, find_input_regions, input_derived
 from rewrites.pattern import Matcher
 
@@ -281,7 +281,7 @@ class _Converter:
         half_outputs = set()   # float32 tensors that will be half
         for name in chosen:
             node = graph.node(name)
-            for port in range(_num_outputs(node)):
+            for port in range(graph.num_outputs(node)):
                 if _output_is_float(node, port):
                     half_outputs.add(tensor_name(name, port))
         plans = {name: float_slots(graph.node(name)) for name in chosen}
@@ -296,7 +296,7 @@ class _Converter:
                         inputs[i], changed = new, True
             else:
                 for i, text in enumerate(inputs):
-                    if not text.startswith("^") and _canonical(text) in half_outputs:
+                    if not text.startswith("^") and canonical(text) in half_outputs:
                         inputs[i], changed = self._cast(text, tf.float32), True
             if changed:
                 graph.set_inputs(node.name, inputs)
@@ -313,7 +313,7 @@ class _Converter:
     def _half_input(self, text: str, chosen, half_outputs, replaced_consts) -> str:
         """What a half node reads in place of `text`."""
         graph = self.graph
-        if _canonical(text) in half_outputs:
+        if canonical(text) in half_outputs:
             return text
         source = graph.resolve_identity(text)
         if graph.node(source).op == "Const":
@@ -342,7 +342,7 @@ class _Converter:
         return new
 
     def _cast(self, text: str, dtype) -> str:
-        key = (_canonical(text), dtype)
+        key = (canonical(text), dtype)
         if key not in self.casts:
             source, port, _ = parse_input(text)
             base = source if port == 0 else f"{source}_{port}"
@@ -351,11 +351,6 @@ class _Converter:
                 "SrcT": src, "DstT": dtype, "Truncate": False}).name
             self.counts["casts"] += 1
         return self.casts[key]
-
-
-def _canonical(text: str) -> str:
-    node, port, _ = parse_input(text)
-    return tensor_name(node, port)
 
 
 def _chain(graph: Graph, text: str) -> Set[str]:
@@ -371,11 +366,3 @@ def _chain(graph: Graph, text: str) -> Set[str]:
 
 def _smallest_subnormal(np_type):
     return np.frombuffer(np.array([1], np.uint16).tobytes(), dtype=np_type)[0]
-
-
-def _num_outputs(node) -> int:
-    op_def = op_def_registry.get(node.op)
-    total = 0
-    for arg in op_def.output_arg:
-        total += node.attr[arg.number_attr].i if arg.number_attr else 1
-    return total

@@ -102,8 +102,7 @@ import tensorflow as tf
 
 from rewrites.base import LATE, RewritePass
 from rewrites.graph import Graph, parse_input, tensor_name
-from rewrites.token_rows import (AttentionSite, attention_sites, output_tensors, port_tensor,
-                                 row_wise, rows_of)
+from rewrites.token_rows import AttentionSite, attention_sites, row_wise, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def region_of(graph: Graph, seeds: Set[str], rows: int) -> Set[str]:
         region.add(name)
         node = graph.node(name)
         neighbours = [parse_input(t)[0] for t in Graph.data_inputs(node)]
-        neighbours += [c for c, _ in graph.consumers(name)]
+        neighbours += graph.consumer_names(name)
         for other in neighbours:
             if other not in region and row_wise(graph, graph.node(other), rows):
                 stack.append(other)
@@ -188,8 +187,8 @@ class RemovePadding(RewritePass):
                     layout = "trim" if text in contexts else "full"
                     edges_in.setdefault((text, layout), []).append((name, index))
         for name in region:
-            for tensor in output_tensors(graph, graph.node(name)):
-                for consumer, index in graph.consumers(port_tensor(tensor)):
+            for tensor in graph.output_tensors(name):
+                for consumer, index in graph.consumers(tensor):
                     if consumer in gathered_heads:
                         continue  # read below, straight into attention's head layout
                     if consumer not in region:
@@ -288,8 +287,7 @@ class RemovePadding(RewritePass):
             if split.op != "Split" or split_name not in region:
                 continue
             parts = split.attr["num_split"].i
-            outputs = output_tensors(graph, split)
-            readers = [c for t in outputs for c, _ in graph.consumers(port_tensor(t))]
+            readers = [c for t in graph.output_tensors(split) for c, _ in graph.consumers(t)]
             source = Graph.data_inputs(split)[1]
             first = found[reshapes[0]]
             if (set(readers) != set(reshapes) or len(readers) != parts
@@ -352,8 +350,8 @@ class RemovePadding(RewritePass):
         reshapes = {n for s in sites for n in (s.key_reshape, s.value_reshape)}
         reshapes |= {s.query_reshape for s in sites if not s.cls_query}
         for name in region:
-            for tensor in output_tensors(graph, graph.node(name)):
-                for consumer, _ in graph.consumers(port_tensor(tensor)):
+            for tensor in graph.output_tensors(name):
+                for consumer, _ in graph.consumers(tensor):
                     if consumer in region or consumer in reshapes:
                         continue
                     if consumer in attention_nodes or not padding_tolerant(

@@ -86,6 +86,27 @@ def test_graph_consumers_consts_shapes_and_edits():
     assert [n.name for n in gd.node][-1] == "dead"  # the input graph is untouched
 
 
+def test_graph_outputs_and_one_port_convention():
+    gd = _small_graph()
+    axis = _const(gd, "axis", np.int32(1), tf.int32)
+    split = _op(gd, "Split", "split", [axis.name, "x"])
+    split.attr["num_split"].i = 3
+    pair = _op(gd, "IdentityN", "pair", ["x", "mul"])
+    pair.attr["T"].list.type.extend([tf.float32.as_datatype_enum] * 2)
+    _op(gd, "AddV2", "sum", ["split", "split:2"])
+    _op(gd, "MyCustomOp", "custom", ["x"])
+    _op(gd, "Mul", "uses_custom", ["custom:4", "pair:1"])
+    _op(gd, "NoOp", "after", ["^split"])
+    g = Graph(gd)
+    assert g.num_outputs("split") == 3 and g.num_outputs(g.node("pair")) == 2
+    assert g.num_outputs("mul") == 1 and g.num_outputs("custom") == 5  # unknown op: ports read
+    assert g.output_tensors("split") == ["split", "split:1", "split:2"]
+    assert g.consumers("split") == g.consumers("split:0") == [("sum", 0)]
+    assert g.consumers("split:2") == [("sum", 1)] and g.consumers("split:1") == []
+    assert g.consumer_names("split") == {"sum", "after"}
+    assert g.consumer_names("pair") == {"uses_custom"}
+
+
 def test_pattern_alternatives_wildcards_bindings_and_commutativity():
     g = Graph(_small_graph())
     pattern = P.OpTypePattern("Add|AddV2", name="root", inputs=[
