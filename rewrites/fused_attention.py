@@ -35,25 +35,23 @@ BatchMatMul whose first operand comes from the query projection, the scores must
 have no other reader, and the query path (MatMul, BiasAdd, Reshape, Transpose)
 must feed nothing else.
 
-Afterwards, the attention-mask bias (the tensor added to the scores before each
-Softmax; bertc: (1 - Cast(Reshape(input_mask))) * -10000) is de-duplicated:
-identical nodes computing it (same op, attributes and inputs; constants equal by
-value) are merged when a graph computes it once per layer.
+A graph that computes the attention-mask bias once per layer keeps its copies:
+the served run merges them (Grappler's arithmetic optimizer dedups identical
+nodes, and TensorFlow's graph optimizer's CSE does too when Grappler is off;
+tests/test_rewrites_passes.py checks the served partition graphs), so no pass
+does it.
 
-Sites: attention blocks fused (one per layer); `details` counts merged mask nodes.
+Sites: attention blocks fused (one per layer).
 """
 
-import hashlib
 import logging
-from typing import Dict
 
 import numpy as np
 import tensorflow as tf
 
-from rewrites import input_regions
 from rewrites.base import Edit, FusionPass, interior_refusal
-from rewrites.graph import Graph, is_stateful, parse_input, tensor_name
-from rewrites.pattern import ConstPattern, Match, Matcher, OneOf, OpTypePattern
+from rewrites.graph import Graph, parse_input, tensor_name
+from rewrites.pattern import ConstPattern, Match, OneOf, OpTypePattern
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +92,6 @@ def _attention() -> OpTypePattern:
         OpTypePattern("Softmax", name="probs", inputs=[masked]), _projection("value")])
 
 
-def _mask_site() -> OpTypePattern:
-    """Softmax(scores [* c] + mask_bias), before or after fusion."""
-    scores = OpTypePattern(_BATCH_MATMUL)
-    return OpTypePattern("Softmax", inputs=[OpTypePattern("Add|AddV2", inputs=[
-        OneOf(scores, OpTypePattern("Mul|RealDiv|Div", inputs=[scores, ConstPattern()])),
-        OpTypePattern("*", name="mask_bias")])])
-
-
 class FusedAttention(FusionPass):
     """Q/K/V projections -> one MatMul + BiasAdd + Split, score scale folded into Wq."""
 
@@ -115,12 +105,6 @@ class FusedAttention(FusionPass):
     max_abs_error = "float32 rounding of c * Wq: <= 1e-5 on MiniLM sequence_output"
     pattern = _attention()
     root_ops = tuple(_BATCH_MATMUL.split("|"))
-
-    def rewrite(self, graph: Graph) -> int:
-        sites = super().rewrite(graph)
-        merged = deduplicate_mask_bias(graph)
-        self.details = {"mask_nodes_merged": merged}
-        return sites
 
     def refusal(self, graph: Graph, match: Match):
         names = {k: parse_input(match.tensor(k))[0] for k in match.bindings}
@@ -210,58 +194,3 @@ class FusedAttention(FusionPass):
             return None
         return 1.0 / float(value.reshape(-1)[0])
 
-
-def deduplicate_mask_bias(graph: Graph) -> int:
-    """Merges identical nodes among the ancestors of every attention-mask bias;
-    returns how many nodes were merged away."""
-    matcher = Matcher(_mask_site())
-    masks = []
-    for node in graph.topological():
-        if node.op == "Softmax":
-            match = matcher.match(graph, node.name)
-            if match is not None:
-                masks.append(match.tensor("mask_bias"))
-    if len(set(masks)) < 2:
-        return 0
-    ancestors = input_regions.ancestors(graph, masks)
-    keys: Dict[str, tuple] = {}
-    canonical: Dict[tuple, str] = {}
-    mapping, merged = {}, []
-    for node in graph.topological():
-        if node.name not in ancestors:
-            continue
-        key = _node_key(graph, node, keys)
-        keys[node.name] = key
-        if key is None:
-            continue
-        first = canonical.setdefault(key, node.name)
-        if first != node.name and node.name not in graph.protected:
-            merged.append(node.name)
-            keys[node.name] = keys[first]
-            for port in range(graph.num_outputs(node)):
-                mapping[tensor_name(node.name, port)] = tensor_name(first, port)
-            mapping[node.name] = first
-    if not merged:
-        return 0
-    graph.replace_uses(mapping)
-    removed = graph.remove_unused(merged)
-    logger.info("fused_attention: merged %d duplicate mask-bias node(s)", len(removed))
-    return len(removed)
-
-
-def _node_key(graph: Graph, node, keys: Dict[str, tuple]):
-    """A structural identity of `node`: op, attributes, inputs' identities
-    (Const: dtype, shape and value).  None for nodes never merged."""
-    if node.op == "Const":
-        value = graph.const_value(node.name)
-        digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
-        return ("Const", str(value.dtype), value.shape, digest)
-    if node.op == "Placeholder" or is_stateful(node.op) or Graph.control_inputs(node):
-        return ("node", node.name)
-    inputs = []
-    for text in node.input:
-        source, port, _ = parse_input(text)
-        inputs.append((keys.get(source, ("node", source)), port))
-    attrs = tuple(sorted((k, v.SerializeToString(deterministic=True))
-                         for k, v in node.attr.items() if not k.startswith("_")))
-    return (node.op, attrs, tuple(inputs))

@@ -86,15 +86,36 @@ def run(frozen, graph_def, feeds) -> dict:
     rounding, so numeric bounds are measured with them) except constant folding,
     which changes no value here and costs seconds on the 90 MB MiniLM graph.
     Cheaper to set up than freeze.run_graph_def's wrap_function."""
+    config = tf.compat.v1.ConfigProto()
+    config.graph_options.rewrite_options.constant_folding = 2  # RewriterConfig.OFF
+    with tf.compat.v1.Session(graph=_imported(graph_def), config=config) as session:
+        values = session.run(*_boundary(frozen, feeds))
+    return dict(zip(frozen.outputs, values))
+
+
+def served_partition_ops(frozen, graph_def, feeds, run_config=None) -> list:
+    """The ops of the partition graphs that a Session under `run_config` (a
+    bertc.runtime.runner.RunConfig, default served: Grappler on) runs."""
+    from bertc.runtime import runner
+    config = (run_config or runner.RunConfig(runner.SERVED)).session_config()
+    metadata = tf.compat.v1.RunMetadata()
+    with tf.compat.v1.Session(graph=_imported(graph_def), config=config) as session:
+        session.run(*_boundary(frozen, feeds), run_metadata=metadata,
+                    options=tf.compat.v1.RunOptions(output_partition_graphs=True))
+    return [n.op for p in metadata.partition_graphs for n in p.node]
+
+
+def _imported(graph_def) -> tf.Graph:
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
-    config = tf.compat.v1.ConfigProto()
-    config.graph_options.rewrite_options.constant_folding = 2  # RewriterConfig.OFF
-    with tf.compat.v1.Session(graph=graph, config=config) as session:
-        values = session.run([f"{n}:0" for n in frozen.outputs.values()],
-                             {f"{n}:0": feeds[k] for k, n in frozen.inputs.items()})
-    return dict(zip(frozen.outputs, values))
+    return graph
+
+
+def _boundary(frozen, feeds):
+    """(fetches, feed dict) of `frozen`'s outputs and inputs."""
+    return ([f"{n}:0" for n in frozen.outputs.values()],
+            {f"{n}:0": feeds[k] for k, n in frozen.inputs.items()})
 
 
 def ops(graph_def) -> list:
@@ -185,10 +206,15 @@ def duplicate_mask_bias(graph_def):
                 stack.extend(nodes[n].input)
         return seen
 
+    def is_mask_bias(tensor):  # computed from input_mask, not from the scores
+        seen = ancestors(tensor)
+        return any(nodes[n].name == "input_mask" for n in seen) and not any(
+            nodes[n].op.startswith("BatchMatMul") for n in seen)
+
     softmaxes = [n for n in out.node if n.op == "Softmax"]
     for copy_index, softmax in enumerate(softmaxes[1:], start=1):
         add = nodes[softmax.input[0]]
-        mask_input = next(i for i, t in enumerate(add.input) if "input_mask" in ancestors(t))
+        mask_input = next(i for i, t in enumerate(add.input) if is_mask_bias(t))
         subgraph = [n for n in ancestors(add.input[mask_input])
                     if nodes[n].op not in ("Placeholder",)]
         renamed = {n: f"{n}_copy{copy_index}" for n in subgraph}
@@ -197,6 +223,7 @@ def duplicate_mask_bias(graph_def):
             clone.CopyFrom(nodes[name])
             clone.name = renamed[name]
             clone.input[:] = [renamed.get(t, t) for t in clone.input]
+            nodes[clone.name] = clone
         add.input[mask_input] = renamed[add.input[mask_input]]
     return out
 
@@ -209,10 +236,7 @@ def trace(fn, *specs):
 
 def session_run(graph_def, feeds, fetch="out"):
     """Runs `fetch` of a GraphDef (default Grappler options) on {name: array}."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=graph) as session:
+    with tf.compat.v1.Session(graph=_imported(graph_def)) as session:
         return session.run(f"{fetch}:0", {f"{k}:0": v for k, v in feeds.items()})
 
 

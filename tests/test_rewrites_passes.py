@@ -15,6 +15,7 @@ try:  # tests/ as a rootdir-less folder, or as a package
 except ImportError:  # pragma: no cover
     from tests import rewrite_graphs as rg
 from bertc.model import modeling
+from bertc.runtime import runner
 
 LAYERS = 2
 EXPECTED_SITES = {"fused_attention": LAYERS, "fused_layernorm": 2 * LAYERS + 1,
@@ -325,13 +326,20 @@ def test_fused_attention_on_a_graph_bertc_did_not_build_and_its_near_misses():
         assert report.sites == 0
 
 
-def test_fused_attention_deduplicates_a_per_layer_mask_bias():
+def test_served_grappler_merges_a_per_layer_mask_bias():
+    """fused_attention leaves a per-layer mask bias as it is: the served run's
+    common-subexpression elimination computes it once."""
     frozen, protected, feeds = _tiny()
     duplicated = rg.duplicate_mask_bias(frozen.graph_def)
     assert rg.ops(duplicated).count("Cast") == LAYERS
     out, report = _apply(duplicated, "fused_attention", protected)
-    assert report.sites == LAYERS and report.details["mask_nodes_merged"] >= 4
-    assert rg.ops(out).count("Cast") == 1
+    assert report.sites == LAYERS and rg.ops(out).count("Cast") == LAYERS
+    assert rg.served_partition_ops(frozen, out, feeds).count("Cast") == 1
+    no_cse = tf.compat.v1.ConfigProto()
+    no_cse.graph_options.rewrite_options.disable_meta_optimizer = True
+    no_cse.graph_options.optimizer_options.opt_level = tf.compat.v1.OptimizerOptions.L0
+    assert rg.served_partition_ops(frozen, out, feeds, runner.RunConfig(
+        proto=no_cse)).count("Cast") == LAYERS  # without CSE the copies run
     want = rg.run(frozen, frozen.graph_def, feeds)["sequence_output"]
     assert np.abs(rg.run(frozen, out, feeds)["sequence_output"] - want).max() <= EXACT
 
