@@ -27,8 +27,8 @@ Error bound: float32 rounding of c * Wq (exact when c is a power of two):
 <= 1e-5 on all-MiniLM-L6-v2's sequence_output at real tokens (measured
 2.9e-6 to 5.0e-6, by Grappler options).
 Speed: the MatMul FLOPs are the same; it saves two MatMul and two BiasAdd
-launches and one element-wise pass over the scores per layer.  On MiniLM at
-batch 8, sequence 128, one thread, the end-to-end change is within noise.
+launches and one element-wise pass over the scores per layer (measured end to
+end: BENCHMARKS.md, "Figures moved from docstrings").
 
 The scale is folded only when it really scales the scores: it must follow the
 BatchMatMul whose first operand comes from the query projection, the scores must

@@ -33,22 +33,21 @@ LayerNorm on [512, 384] and [512, 768] inputs (the arithmetic: 1e-6 too), and
 <= 1e-5 on all-MiniLM-L6-v2's sequence_output at real tokens
 (tests/test_rewrites_numeric.py; measured 3.7e-6 to 4.6e-6, by Grappler options).
 
-Why this op (`python benchmarks/bench_layernorm.py`, TF 2.21 CPU, 2 shared cores):
-- _MklLayerNorm with the right eps is 2-4x faster than the arithmetic: best of
-  9 rounds, us per LayerNorm, arithmetic -> fused, on two loaded cores:
-  [512, 384]: 618 -> 306 (default threads), 295..335 -> 79..108 (one thread);
-  [512, 768]: 886 -> 438 (default threads), 680..740 -> 121..193 (one thread).
+Why this op (`python benchmarks/bench_layernorm.py`; the figures are in
+BENCHMARKS.md, "Figures moved from docstrings"):
+- _MklLayerNorm with the right eps is several times faster per LayerNorm than
+  the arithmetic (one oneDNN kernel in place of the arithmetic's chain of ops).
   It is an internal op of TensorFlow's x86 builds (its kernel is registered with
   TF_ENABLE_ONEDNN_OPTS=0 too, and a SavedModel holding it loads and runs); a
   TensorFlow without it cannot run the result, so the pass does nothing (and
   logs why) where the op is not registered.  End to end, LayerNorm is a small
-  part of BERT: MiniLM at batch 8, sequence 128, one thread, runs ~3% faster.
+  part of BERT, so the gain there is a few percent.
 - FusedBatchNormV3 in training mode on x reshaped to NCHW [1, T, D, 1] (the
   Keras trick, scale 1, offset 0, then * gamma + beta) is exact on CPU: eps 1e-12
   is kept by the Eigen and the oneDNN kernel and by TF 2.21's
   tf.compat.v1.nn.fused_batch_norm (the 1.001e-5 floor is cuDNN's minimum and
-  older TensorFlow wrappers'; GPUs were not checked).  But it is 1.3-3x slower
-  than the arithmetic, with oneDNN (_MklNativeFusedBatchNormV3) and without.
+  older TensorFlow wrappers'; GPUs were not checked).  But it is slower than
+  the arithmetic, with oneDNN (_MklNativeFusedBatchNormV3) and without.
 - Grappler's oneDNN remapper rewrites form 2 itself (when gamma and beta are
   Const nodes and the axis is written non-negative) into _MklLayerNorm, but
   drops eps: the fused op runs with its default 1e-3 and is off by 2.5e-3 on

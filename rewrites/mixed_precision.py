@@ -68,11 +68,11 @@ bertc verifies builds with it at cosine >= 0.999 and argmax >= 99.5%.
 Sites: MatMuls and BatchMatMuls converted (8 per layer, 6 after fused_attention,
 +1 pooler, +1 classifier); `details`: nodes converted, casts inserted,
 constants converted, LayerNorms in half precision, ops kept float32.
-Speed (benchmarks/mixed_precision.py; MiniLM [4, 128] full-length rows, CPU
-default passes, 2 cores of an AMD EPYC with AVX-512 and AVX512-BF16): float32
-63 ms, float16 87 ms (0.73x: oneDNN has no float16 path here, TF falls back to
-Eigen's unfused MatMul), bfloat16 38 ms (1.66x: oneDNN runs bfloat16 natively and
-Grappler's remapper still fuses MatMul + BiasAdd (+ GELU, + residual Add)).
+Speed (benchmarks/mixed_precision.py; the figures are in BENCHMARKS.md,
+"Figures moved from docstrings"): on a CPU with AVX512-BF16, bfloat16 is faster
+than float32 (oneDNN runs bfloat16 natively and Grappler's remapper still fuses
+MatMul + BiasAdd (+ GELU, + residual Add)); float16 is slower (oneDNN has no
+float16 path there, TF falls back to Eigen's unfused MatMul).
 """
 
 import functools

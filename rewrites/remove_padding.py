@@ -33,14 +33,14 @@ the last position real in any row of the batch (at least 1)::
     (*) unpack = GatherV2(packed, inverse): inverse[r] is row r's index among the
         real rows (an exclusive Cumsum of the flat mask); at padding 0 for
         attention, and T_real for the outputs, which gather from [packed; a
-        zero row].  (One GatherV2 costs a third of a ScatterNd into zeros.)
+        zero row].  (One GatherV2 is cheaper than a ScatterNd into zeros.)
     (**) one GatherV2 of H-wide rows does the unpack, the Split and the
         Transpose(0, 2, 1, 3): head row (b, n, l) of block p (q, k or v) is row
         (inverse[b*L + l] * 3 + p) * N + n of the QKV rows seen as [T_real*3N, H].
         Back: packed row t, head n is row (b*N + n) * L + l of the context heads
         seen as [B*N*L, H], where b*L + l is the t-th real position.  It moves
-        each value once where unpack + Split + Transpose moved it three times:
-        MiniLM at full length 1.04x (the row unpacks had cost 4%).  A head whose
+        each value once where unpack + Split + Transpose moved it three times
+        (what it gains at full length: BENCHMARKS.md).  A head whose
         Reshape or Transpose has another reader is unpacked by rows as (*) into a
         Reshape [B,L,N,H] instead; a Split stays unless all its outputs are heads.
 
@@ -83,10 +83,10 @@ full-length row + 2 dummy rows (L = 128): sequence_output at real tokens,
 embeddings and pooled output bit-identical (max abs 0.0); against the
 unrewritten graph 2.7e-6 and 2.9e-6 (the fusions' rounding).
 
-Speed (benchmarks/padding_free.py, 2 shared cores, [4, 128], MRPC dev pairs,
-42% real tokens; BENCHMARKS.md): BERT-Base 2.30x the CPU default without it
-(2.39x ONNX Runtime, 1.27x ONNX Runtime with dynamic padding), MiniLM 2.05x; on
-full-length batches 1.00x and 0.99x.
+Speed (benchmarks/padding_free.py; the figures are in BENCHMARKS.md, "Figures
+moved from docstrings"): on MRPC-length traffic the dense layers run on the
+real tokens only, so the gain follows the share of padding; on full-length
+batches it is break-even.
 
 Sites: layers converted (attention blocks whose surroundings were packed).
 `details`: ops now run packed ("packed_ops"), packs, unpacks, and how many of
