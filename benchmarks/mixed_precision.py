@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import tensorflow as tf  # noqa: E402
 
 import rewrites  # noqa: E402
-import rewrite_graphs as rg  # noqa: E402
+import bertc_testing as bt  # noqa: E402
 from bertc import passes as rewriting  # noqa: E402
 from bertc.verify import compare as verify
 
@@ -63,25 +63,25 @@ def main():
     args = parser.parse_args()
     from bertc.runtime import machine
     print(machine.header(), flush=True)
-    frozen = rg.minilm_frozen("embedding", args.batch, args.seq)
-    config, _, _ = rg.minilm()
+    frozen = bt.minilm_frozen("embedding", args.batch, args.seq)
+    config, _, _ = bt.minilm()
     feeds = verify.random_features(args.batch, args.seq, config.vocab_size, seed=1)
     feeds["input_mask"][:] = 1  # full-length rows
     feeds = {f"{frozen.inputs[k]}:0": v for k, v in feeds.items()}
     fetch = f"{frozen.outputs['embedding']}:0"
     passes = rewriting.for_head(rewriting.CPU_DEFAULT, "embedding")
-    base = rewrites.run(frozen.graph_def, passes, protected_nodes=rg.protected(frozen)).graph_def
+    base = rewrites.run(frozen.graph_def, passes, protected_nodes=bt.protected(frozen)).graph_def
     variants = {"float32": base}
     for dtype in ("float16", "bfloat16"):
         variants[dtype] = rewrites.run(base, ["mixed_precision"],
-                                       protected_nodes=rg.protected(frozen),
+                                       protected_nodes=bt.protected(frozen),
                                        options={"dtype": dtype,
                                                 "aggressive": args.aggressive}).graph_def
     sessions = {name: _session(gd) for name, gd in variants.items()}
     reference = sessions["float32"].run(fetch, feeds)
     for name, session in sessions.items():
         value = session.run(fetch, feeds)
-        cosine = rg.cosine_rows(value, reference).min()
+        cosine = bt.cosine_rows(value, reference).min()
         print(f"{name:9s} kernels: {_kernels(session, fetch, feeds)}; cosine min {cosine:.6f}")
     best = {name: float("inf") for name in sessions}
     for _ in range(args.rounds):

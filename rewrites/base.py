@@ -111,46 +111,89 @@ class RewritePass:
 class Edit:
     """What one fusion run adds, rewires and removes, applied at once.
 
-    Names of added nodes are reserved on the graph when they are added, so later
-    `add_*` calls in the same run never collide.
+    Nothing reaches the graph before `apply()`.  Changes are recorded in an open
+    batch (one `fuse()`); `commit()` keeps it, `discard()` drops it, so a fuse
+    that gives up leaves nothing behind.  Added nodes' names are reserved in the
+    edit, so later `add_*` calls of the same run never collide.
     """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self._rewire: Dict[str, str] = {}
-        self._remove: set = set()
-        self._collect: set = set()
+        self._done = _Changes()
+        self._open = _Changes()
 
     def add_node(self, op: str, name: str, inputs: Sequence[str] = (), attrs: dict = None) -> str:
-        return self.graph.add_node(op, name, inputs, attrs).name
+        """Records a node under a free variant of `name`; returns that name."""
+        name = self.graph.unique_name(name, taken=self._taken)
+        self._open.nodes[name] = (op, tuple(inputs), dict(attrs or {}), None)
+        return name
 
     def add_const(self, name: str, value, dtype=None) -> str:
-        return self.graph.add_const(name, value, dtype)
+        """Records a Const holding `value`; returns its name."""
+        name = self.graph.unique_name(name, taken=self._taken)
+        self._open.nodes[name] = ("Const", (), {}, (value, dtype))
+        return name
+
+    def _taken(self, name: str) -> bool:
+        return name in self._done.nodes or name in self._open.nodes
 
     def replace(self, old_tensor: str, new_tensor: str) -> None:
         """Every reader of `old_tensor` will read `new_tensor`."""
-        self._rewire[old_tensor] = new_tensor
+        self._open.rewire[old_tensor] = new_tensor
 
     def remove(self, names: Iterable[str]) -> None:
         """Nodes that must be gone (nothing may read them once rewired)."""
-        self._remove.update(names)
+        self._open.remove.update(names)
 
     def collect(self, names: Iterable[str]) -> None:
         """Nodes (constants a match used) to remove if nothing reads them any more."""
-        self._collect.update(names)
+        self._open.collect.update(names)
+
+    def commit(self) -> None:
+        """Keeps the open batch."""
+        self._done.merge(self._open)
+        self._open = _Changes()
+
+    def discard(self) -> None:
+        """Drops the open batch, as if it had never been recorded."""
+        self._open = _Changes()
 
     def apply(self) -> None:
-        graph = self.graph
-        if self._rewire:
-            graph.replace_uses(self._rewire, skip=self._remove)
-        still_read = {n: sorted(graph.consumer_names(n) - self._remove)
-                      for n in self._remove if n in graph}
+        """Commits the open batch and makes every kept change to the graph."""
+        self.commit()
+        graph, done = self.graph, self._done
+        for name, (op, inputs, attrs, const) in done.nodes.items():
+            added = (graph.add_const(name, *const) if const is not None
+                     else graph.add_node(op, name, inputs, attrs).name)
+            assert added == name, (added, name)
+        if done.rewire:
+            graph.replace_uses(done.rewire, skip=done.remove)
+        still_read = {n: sorted(graph.consumer_names(n) - done.remove)
+                      for n in done.remove if n in graph}
         still_read = {n: users for n, users in still_read.items() if users}
         if still_read:
             name, users = next(iter(still_read.items()))
             raise RuntimeError(f"edit would leave {users[0]!r} reading removed node {name!r}")
-        graph.remove(self._remove)
-        graph.remove_unused(self._collect)
+        graph.remove(done.remove)
+        graph.remove_unused(done.collect)
+        self._done = _Changes()
+
+
+class _Changes:
+    """One batch of an Edit: nodes to add (name -> (op, inputs, attrs, (value,
+    dtype) for a Const)), tensors to rewire, nodes to remove or collect."""
+
+    def __init__(self):
+        self.nodes: Dict[str, tuple] = {}
+        self.rewire: Dict[str, str] = {}
+        self.remove: set = set()
+        self.collect: set = set()
+
+    def merge(self, other: "_Changes") -> None:
+        self.nodes.update(other.nodes)
+        self.rewire.update(other.rewire)
+        self.remove |= other.remove
+        self.collect |= other.collect
 
 
 class FusionPass(RewritePass):
@@ -180,9 +223,11 @@ class FusionPass(RewritePass):
                     logger.debug("%s: refusing match at %s: %s", self.name, node.name, reason)
                     continue
                 if self.fuse(graph, match, edit):
+                    edit.commit()
                     claimed |= match.nodes - match.consts
                     sites += 1
                     break
+                edit.discard()
         edit.apply()
         return sites
 

@@ -97,7 +97,7 @@ def exclusive_chain(graph: Graph, sink: str, rows: int, sink_readers: Set[str]) 
     """Token-wise nodes grown back from `sink` whose every reader is in the
     chain (the sink's own readers are `sink_readers`)."""
     chain = {sink} if row_wise(graph, graph.node(sink), rows) else set()
-    if not chain or {c for c, _ in graph.consumers(sink)} - sink_readers:
+    if not chain or graph.consumer_names(sink) - sink_readers:
         return set()
     changed = True
     while changed:
@@ -107,9 +107,7 @@ def exclusive_chain(graph: Graph, sink: str, rows: int, sink_readers: Set[str]) 
                 producer = parse_input(text)[0]
                 if producer in chain or not row_wise(graph, graph.node(producer), rows):
                     continue
-                readers = {c for c, _ in graph.consumers(producer)}
-                readers |= set(graph.control_consumers(producer))
-                if readers <= chain:
+                if graph.consumer_names(producer) <= chain:
                     chain.add(producer)
                     changed = True
     return chain

@@ -27,33 +27,31 @@ Error bound: float32 rounding of c * Wq (exact when c is a power of two):
 <= 1e-5 on all-MiniLM-L6-v2's sequence_output at real tokens (measured
 2.9e-6 to 5.0e-6, by Grappler options).
 Speed: the MatMul FLOPs are the same; it saves two MatMul and two BiasAdd
-launches and one element-wise pass over the scores per layer.  On MiniLM at
-batch 8, sequence 128, one thread, the end-to-end change is within noise.
+launches and one element-wise pass over the scores per layer (measured end to
+end: BENCHMARKS.md, "Figures moved from docstrings").
 
 The scale is folded only when it really scales the scores: it must follow the
 BatchMatMul whose first operand comes from the query projection, the scores must
 have no other reader, and the query path (MatMul, BiasAdd, Reshape, Transpose)
 must feed nothing else.
 
-Afterwards, the attention-mask bias (the tensor added to the scores before each
-Softmax; bertc: (1 - Cast(Reshape(input_mask))) * -10000) is de-duplicated:
-identical nodes computing it (same op, attributes and inputs; constants equal by
-value) are merged when a graph computes it once per layer.
+A graph that computes the attention-mask bias once per layer keeps its copies:
+the served run merges them (Grappler's arithmetic optimizer dedups identical
+nodes, and TensorFlow's graph optimizer's CSE does too when Grappler is off;
+tests/test_rewrites_passes.py checks the served partition graphs), so no pass
+does it.
 
-Sites: attention blocks fused (one per layer); `details` counts merged mask nodes.
+Sites: attention blocks fused (one per layer).
 """
 
-import hashlib
 import logging
-from typing import Dict
 
 import numpy as np
 import tensorflow as tf
 
-from rewrites import input_regions
 from rewrites.base import Edit, FusionPass, interior_refusal
-from rewrites.graph import Graph, is_stateful, parse_input, tensor_name
-from rewrites.pattern import ConstPattern, Match, Matcher, OneOf, OpTypePattern
+from rewrites.graph import Graph, parse_input, tensor_name
+from rewrites.pattern import ConstPattern, Match, OneOf, OpTypePattern
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +92,6 @@ def _attention() -> OpTypePattern:
         OpTypePattern("Softmax", name="probs", inputs=[masked]), _projection("value")])
 
 
-def _mask_site() -> OpTypePattern:
-    """Softmax(scores [* c] + mask_bias), before or after fusion."""
-    scores = OpTypePattern(_BATCH_MATMUL)
-    return OpTypePattern("Softmax", inputs=[OpTypePattern("Add|AddV2", inputs=[
-        OneOf(scores, OpTypePattern("Mul|RealDiv|Div", inputs=[scores, ConstPattern()])),
-        OpTypePattern("*", name="mask_bias")])])
-
-
 class FusedAttention(FusionPass):
     """Q/K/V projections -> one MatMul + BiasAdd + Split, score scale folded into Wq."""
 
@@ -115,12 +105,6 @@ class FusedAttention(FusionPass):
     max_abs_error = "float32 rounding of c * Wq: <= 1e-5 on MiniLM sequence_output"
     pattern = _attention()
     root_ops = tuple(_BATCH_MATMUL.split("|"))
-
-    def rewrite(self, graph: Graph) -> int:
-        sites = super().rewrite(graph)
-        merged = deduplicate_mask_bias(graph)
-        self.details = {"mask_nodes_merged": merged}
-        return sites
 
     def refusal(self, graph: Graph, match: Match):
         names = {k: parse_input(match.tensor(k))[0] for k in match.bindings}
@@ -136,28 +120,41 @@ class FusedAttention(FusionPass):
                                          names["value_dense"]})
 
     def fuse(self, graph: Graph, match: Match, edit: Edit) -> bool:
+        root = match.root
         matmuls = [match.node(f"{k}_matmul") for k in KINDS]
         if any(m.attr["transpose_a"].b for m in matmuls):
+            logger.debug("%s: %s not fused: a projection MatMul has transpose_a", self.name, root)
             return False
         transpose_b = {m.attr["transpose_b"].b for m in matmuls}
         if len(transpose_b) != 1:
+            logger.debug("%s: %s not fused: the projections differ in transpose_b",
+                         self.name, root)
             return False
         transpose_b = transpose_b.pop()
         kernels = [match.value(f"{k}_kernel") for k in KINDS]
         biases = [match.value(f"{k}_bias") for k in KINDS]
         if any(k.ndim != 2 for k in kernels) or any(b.ndim != 1 for b in biases):
+            logger.debug("%s: %s not fused: kernels are not 2-D or biases not 1-D",
+                         self.name, root)
             return False
         in_axis, out_axis = (1, 0) if transpose_b else (0, 1)
         if len({k.shape[in_axis] for k in kernels}) != 1:
+            logger.debug("%s: %s not fused: the kernels' input widths differ", self.name, root)
             return False
         widths = [k.shape[out_axis] for k in kernels]
         if [b.shape[0] for b in biases] != widths:
+            logger.debug("%s: %s not fused: a bias width differs from its kernel's",
+                         self.name, root)
             return False
         dtype = graph.dtype(match.tensor("query_dense"))
         if dtype is None or any(tf.as_dtype(a.dtype) != dtype for a in kernels + biases):
+            logger.debug("%s: %s not fused: unknown dtype, or weights of another dtype (%s)",
+                         self.name, root, dtype)
             return False
         scale = self._scale(match)
         if scale is None:
+            logger.debug("%s: %s not fused: the score scale is not a non-zero scalar",
+                         self.name, root)
             return False
         np_dtype = dtype.as_numpy_dtype
         kernels[0] = (kernels[0] * np.asarray(scale, np_dtype)).astype(np_dtype)
@@ -197,64 +194,3 @@ class FusedAttention(FusionPass):
             return None
         return 1.0 / float(value.reshape(-1)[0])
 
-
-def deduplicate_mask_bias(graph: Graph) -> int:
-    """Merges identical nodes among the ancestors of every attention-mask bias;
-    returns how many nodes were merged away."""
-    matcher = Matcher(_mask_site())
-    masks = []
-    for node in graph.topological():
-        if node.op == "Softmax":
-            match = matcher.match(graph, node.name)
-            if match is not None:
-                masks.append(match.tensor("mask_bias"))
-    if len(set(masks)) < 2:
-        return 0
-    ancestors = input_regions.ancestors(graph, masks)
-    keys: Dict[str, tuple] = {}
-    canonical: Dict[tuple, str] = {}
-    mapping, merged = {}, []
-    for node in graph.topological():
-        if node.name not in ancestors:
-            continue
-        key = _node_key(graph, node, keys)
-        keys[node.name] = key
-        if key is None:
-            continue
-        first = canonical.setdefault(key, node.name)
-        if first != node.name and node.name not in graph.protected:
-            merged.append(node.name)
-            keys[node.name] = keys[first]
-            for port in range(_num_outputs(graph, node)):
-                mapping[tensor_name(node.name, port)] = tensor_name(first, port)
-            mapping[node.name] = first
-    if not merged:
-        return 0
-    graph.replace_uses(mapping)
-    removed = graph.remove_unused(merged)
-    logger.info("fused_attention: merged %d duplicate mask-bias node(s)", len(removed))
-    return len(removed)
-
-
-def _node_key(graph: Graph, node, keys: Dict[str, tuple]):
-    """A structural identity of `node`: op, attributes, inputs' identities
-    (Const: dtype, shape and value).  None for nodes never merged."""
-    if node.op == "Const":
-        value = graph.const_value(node.name)
-        digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
-        return ("Const", str(value.dtype), value.shape, digest)
-    if node.op == "Placeholder" or is_stateful(node.op) or Graph.control_inputs(node):
-        return ("node", node.name)
-    inputs = []
-    for text in node.input:
-        source, port, _ = parse_input(text)
-        inputs.append((keys.get(source, ("node", source)), port))
-    attrs = tuple(sorted((k, v.SerializeToString(deterministic=True))
-                         for k, v in node.attr.items() if not k.startswith("_")))
-    return (node.op, attrs, tuple(inputs))
-
-
-def _num_outputs(graph: Graph, node) -> int:
-    uses = [parse_input(t)[1] for n in graph.nodes() for t in n.input
-            if parse_input(t)[0] == node.name and not t.startswith("^")]
-    return max(uses, default=0) + 1

@@ -33,22 +33,21 @@ LayerNorm on [512, 384] and [512, 768] inputs (the arithmetic: 1e-6 too), and
 <= 1e-5 on all-MiniLM-L6-v2's sequence_output at real tokens
 (tests/test_rewrites_numeric.py; measured 3.7e-6 to 4.6e-6, by Grappler options).
 
-Why this op (`python benchmarks/bench_layernorm.py`, TF 2.21 CPU, 2 shared cores):
-- _MklLayerNorm with the right eps is 2-4x faster than the arithmetic: best of
-  9 rounds, us per LayerNorm, arithmetic -> fused, on two loaded cores:
-  [512, 384]: 618 -> 306 (default threads), 295..335 -> 79..108 (one thread);
-  [512, 768]: 886 -> 438 (default threads), 680..740 -> 121..193 (one thread).
+Why this op (`python benchmarks/bench_layernorm.py`; the figures are in
+BENCHMARKS.md, "Figures moved from docstrings"):
+- _MklLayerNorm with the right eps is several times faster per LayerNorm than
+  the arithmetic (one oneDNN kernel in place of the arithmetic's chain of ops).
   It is an internal op of TensorFlow's x86 builds (its kernel is registered with
   TF_ENABLE_ONEDNN_OPTS=0 too, and a SavedModel holding it loads and runs); a
   TensorFlow without it cannot run the result, so the pass does nothing (and
   logs why) where the op is not registered.  End to end, LayerNorm is a small
-  part of BERT: MiniLM at batch 8, sequence 128, one thread, runs ~3% faster.
+  part of BERT, so the gain there is a few percent.
 - FusedBatchNormV3 in training mode on x reshaped to NCHW [1, T, D, 1] (the
   Keras trick, scale 1, offset 0, then * gamma + beta) is exact on CPU: eps 1e-12
   is kept by the Eigen and the oneDNN kernel and by TF 2.21's
   tf.compat.v1.nn.fused_batch_norm (the 1.001e-5 floor is cuDNN's minimum and
-  older TensorFlow wrappers'; GPUs were not checked).  But it is 1.3-3x slower
-  than the arithmetic, with oneDNN (_MklNativeFusedBatchNormV3) and without.
+  older TensorFlow wrappers'; GPUs were not checked).  But it is slower than
+  the arithmetic, with oneDNN (_MklNativeFusedBatchNormV3) and without.
 - Grappler's oneDNN remapper rewrites form 2 itself (when gamma and beta are
   Const nodes and the axis is written non-negative) into _MklLayerNorm, but
   drops eps: the fused op runs with its default 1e-3 and is off by 2.5e-3 on
@@ -149,22 +148,35 @@ class FusedLayerNorm(FusionPass):
         x = match.tensor("x")
         shape = graph.shape(x)
         dtype = graph.dtype(match.tensor("output"))
+        root = match.tensor("output")
         if shape is None or not shape or shape[-1] is None or dtype not in _FUSED_DTYPES:
+            logger.debug("%s: %s not fused: x's last dimension is unknown or the dtype (%s) "
+                         "is not one %s takes", self.name, root, dtype, FUSED_OP)
             return False
         rank, depth = len(shape), shape[-1]
         if rank not in (2, 3) and any(d is None for d in shape):
+            logger.debug("%s: %s not fused: x of rank %d has unknown dimensions",
+                         self.name, root, rank)
             return False
         for mean_name, axes_name in (("mean", "mean_axes"), ("variance", "variance_axes")):
             axes = np.asarray(match.value(axes_name)).reshape(-1)
             if axes.dtype.kind not in "iu" or sorted(int(a) % rank for a in axes) != [rank - 1]:
+                logger.debug("%s: %s not fused: the %s is not over the last axis alone",
+                             self.name, root, mean_name)
                 return False
             if not match.node(mean_name).attr["keep_dims"].b:
+                logger.debug("%s: %s not fused: the %s drops the reduced axis (keep_dims "
+                             "false)", self.name, root, mean_name)
                 return False
         epsilon = match.value("epsilon")
         if epsilon.size != 1 or not 0.0 <= float(epsilon.reshape(-1)[0]) <= MAX_EPSILON:
+            logger.debug("%s: %s not fused: epsilon is not a scalar in [0, %g]",
+                         self.name, root, MAX_EPSILON)
             return False
         values = {name: match.value(name) for name in ("gamma", "beta")}
         if any(v.size != depth or any(d != 1 for d in v.shape[:-1]) for v in values.values()):
+            logger.debug("%s: %s not fused: gamma or beta is not one value per channel",
+                         self.name, root)
             return False
         params = []
         for name, value in values.items():
@@ -173,7 +185,6 @@ class FusedLayerNorm(FusionPass):
             else:
                 params.append(edit.add_const(f"{match.tensor('output')}/{name}",
                                              value.reshape(depth), dtype=dtype))
-        root = match.tensor("output")
         scope = f"{root}/{self.name}"
         flat = x
         if rank not in (2, 3):

@@ -23,11 +23,14 @@ every use must read the same tensor.  The erfc argument may also be written
 Neg(x * 0.70711), Neg(x / sqrt 2), -x / sqrt 2 or x * -0.70711.
 """
 
+import logging
 import math
 
 from rewrites.base import Edit, FusionPass
 from rewrites.graph import Graph
 from rewrites.pattern import ConstPattern, Match, OneOf, OpTypePattern, products
+
+logger = logging.getLogger(__name__)
 
 SQRT2 = math.sqrt(2.0)
 INV_SQRT2 = 1.0 / SQRT2
@@ -79,6 +82,8 @@ class ExactGeluPass(FusionPass):
         root = match.tensor("gelu")
         dtype = graph.dtype(root)
         if dtype is None or not dtype.is_floating:
+            logger.debug("%s: %s not fused: its dtype (%s) is not a floating type",
+                         self.name, root, dtype)
             return False
         output = self.emit(edit, match.tensor("x"), dtype, f"{root}/{self.name}")
         edit.replace(root, output)

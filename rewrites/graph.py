@@ -12,12 +12,13 @@ Large constants may be *detached* (see rewrites.constants): the GraphDef's Const
 keeps its dtype and shape, its value lives in a `{node name: ndarray}` map beside
 it.  Passes read and write values through `Graph` and never see the difference.
 
-Tensors are named as in GraphDef inputs: `name` for port 0, `name:port` else.
+Tensors are named as in GraphDef inputs: `name` for port 0, `name:port` else;
+every method taking a tensor reads 'a' and 'a:0' alike.
 """
 
 import collections
 import logging
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -184,25 +185,44 @@ class Graph:
     def control_inputs(node: NodeDef) -> List[str]:
         return [t[1:] for t in node.input if t.startswith("^")]
 
-    def consumers(self, name_or_tensor: str) -> List[Tuple[str, int]]:
-        """(consumer name, input index) of every data use.  A node name gives the
-        uses of all its outputs; 'a:0', 'a:1' give those of one output."""
-        node, port, _ = parse_input(name_or_tensor)
-        uses = self._consumer_map()[node]["data"]
-        if ":" in name_or_tensor:
-            return [(c, i) for c, i, p in uses if p == port]
-        return [(c, i) for c, i, _ in uses]
+    def consumers(self, tensor: str) -> List[Tuple[str, int]]:
+        """(consumer name, input index) of every data use of one tensor; 'a' is
+        'a:0' (the uses of every output of a node: `consumer_names`)."""
+        node, port, _ = parse_input(tensor)
+        return [(c, i) for c, i, p in self._consumer_map()[node]["data"] if p == port]
 
     def control_consumers(self, name: str) -> List[str]:
         return list(self._consumer_map()[parse_input(name)[0]]["control"])
 
-    def consumer_names(self, name_or_tensor: str) -> set:
-        """Names of every node that reads `name_or_tensor` (data or control)."""
-        node = parse_input(name_or_tensor)[0]
-        out = {c for c, _ in self.consumers(name_or_tensor)}
-        if ":" not in name_or_tensor:
-            out.update(self.control_consumers(node))
-        return out
+    def consumer_names(self, name: str) -> set:
+        """Names of every node that reads node `name`: any of its outputs, or
+        its control output."""
+        uses = self._consumer_map()[parse_input(name)[0]]
+        return {c for c, _, _ in uses["data"]} | set(uses["control"])
+
+    def num_outputs(self, node_or_name) -> int:
+        """How many outputs a node has, by its op's definition (a list argument
+        counts its length: Split's num_split, IdentityN's T); for an op this
+        TensorFlow does not know, one more than the highest port read."""
+        node = self.node(node_or_name) if isinstance(node_or_name, str) else node_or_name
+        op_def = op_def_registry.get(node.op)
+        if op_def is None:
+            ports = [p for _, _, p in self._consumer_map()[node.name]["data"]]
+            return max(ports, default=0) + 1
+        total = 0
+        for arg in op_def.output_arg:
+            if arg.number_attr:
+                total += node.attr[arg.number_attr].i
+            elif arg.type_list_attr:
+                total += len(node.attr[arg.type_list_attr].list.type)
+            else:
+                total += 1
+        return total
+
+    def output_tensors(self, node_or_name) -> List[str]:
+        """The node's output tensors: 'a', 'a:1', ... (see num_outputs)."""
+        node = self.node(node_or_name) if isinstance(node_or_name, str) else node_or_name
+        return [tensor_name(node.name, p) for p in range(self.num_outputs(node))]
 
     def _consumer_map(self):
         if self._consumers is None:
@@ -297,13 +317,17 @@ class Graph:
         if shapes:  # adding a node changes no existing tensor's shape
             self._shapes = None
 
-    def unique_name(self, base: str) -> str:
-        """`base`, or `base_1`, `base_2`, ... whichever is free."""
+    def unique_name(self, base: str, taken: Callable[[str], bool] = lambda name: False) -> str:
+        """`base`, or `base_1`, `base_2`, ... whichever is free: not a node of the
+        graph, nor `taken` (names an edit has reserved)."""
         base = base.lstrip("_") or "node"
-        if base not in self._nodes:
+
+        def free(name):
+            return name not in self._nodes and not taken(name)
+        if free(base):
             return base
         index = 1
-        while f"{base}_{index}" in self._nodes:
+        while not free(f"{base}_{index}"):
             index += 1
         return f"{base}_{index}"
 

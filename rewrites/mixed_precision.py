@@ -68,11 +68,11 @@ bertc verifies builds with it at cosine >= 0.999 and argmax >= 99.5%.
 Sites: MatMuls and BatchMatMuls converted (8 per layer, 6 after fused_attention,
 +1 pooler, +1 classifier); `details`: nodes converted, casts inserted,
 constants converted, LayerNorms in half precision, ops kept float32.
-Speed (benchmarks/mixed_precision.py; MiniLM [4, 128] full-length rows, CPU
-default passes, 2 cores of an AMD EPYC with AVX-512 and AVX512-BF16): float32
-63 ms, float16 87 ms (0.73x: oneDNN has no float16 path here, TF falls back to
-Eigen's unfused MatMul), bfloat16 38 ms (1.66x: oneDNN runs bfloat16 natively and
-Grappler's remapper still fuses MatMul + BiasAdd (+ GELU, + residual Add)).
+Speed (benchmarks/mixed_precision.py; the figures are in BENCHMARKS.md,
+"Figures moved from docstrings"): on a CPU with AVX512-BF16, bfloat16 is faster
+than float32 (oneDNN runs bfloat16 natively and Grappler's remapper still fuses
+MatMul + BiasAdd (+ GELU, + residual Add)); float16 is slower (oneDNN has no
+float16 path there, TF falls back to Eigen's unfused MatMul).
 """
 
 import functools
@@ -85,7 +85,7 @@ from tensorflow.python.framework import kernels, op_def_registry
 
 from rewrites.base import FINAL, RewritePass
 from rewrites.fused_layernorm import FUSED_OP as FUSED_LAYER_NORM, FusedLayerNorm
-from rewrites.graph import Graph, parse_input, tensor_name
+from rewrites.graph import Graph, canonical, parse_input, tensor_name
 from rewrites.input_regions import MATMUL_OPS, MASKED_SOFTMAX, find_input_regions, input_derived
 from rewrites.pattern import Matcher
 
@@ -283,7 +283,7 @@ class _Converter:
         half_outputs = set()   # float32 tensors that will be half
         for name in chosen:
             node = graph.node(name)
-            for port in range(_num_outputs(node)):
+            for port in range(graph.num_outputs(node)):
                 if _output_is_float(node, port):
                     half_outputs.add(tensor_name(name, port))
         plans = {name: float_slots(graph.node(name)) for name in chosen}
@@ -298,7 +298,7 @@ class _Converter:
                         inputs[i], changed = new, True
             else:
                 for i, text in enumerate(inputs):
-                    if not text.startswith("^") and _canonical(text) in half_outputs:
+                    if not text.startswith("^") and canonical(text) in half_outputs:
                         inputs[i], changed = self._cast(text, tf.float32), True
             if changed:
                 graph.set_inputs(node.name, inputs)
@@ -315,7 +315,7 @@ class _Converter:
     def _half_input(self, text: str, chosen, half_outputs, replaced_consts) -> str:
         """What a half node reads in place of `text`."""
         graph = self.graph
-        if _canonical(text) in half_outputs:
+        if canonical(text) in half_outputs:
             return text
         source = graph.resolve_identity(text)
         if graph.node(source).op == "Const":
@@ -344,7 +344,7 @@ class _Converter:
         return new
 
     def _cast(self, text: str, dtype) -> str:
-        key = (_canonical(text), dtype)
+        key = (canonical(text), dtype)
         if key not in self.casts:
             source, port, _ = parse_input(text)
             base = source if port == 0 else f"{source}_{port}"
@@ -353,11 +353,6 @@ class _Converter:
                 "SrcT": src, "DstT": dtype, "Truncate": False}).name
             self.counts["casts"] += 1
         return self.casts[key]
-
-
-def _canonical(text: str) -> str:
-    node, port, _ = parse_input(text)
-    return tensor_name(node, port)
 
 
 def _chain(graph: Graph, text: str) -> Set[str]:
@@ -373,11 +368,3 @@ def _chain(graph: Graph, text: str) -> Set[str]:
 
 def _smallest_subnormal(np_type):
     return np.frombuffer(np.array([1], np.uint16).tobytes(), dtype=np_type)[0]
-
-
-def _num_outputs(node) -> int:
-    op_def = op_def_registry.get(node.op)
-    total = 0
-    for arg in op_def.output_arg:
-        total += node.attr[arg.number_attr].i if arg.number_attr else 1
-    return total

@@ -112,5 +112,5 @@ class PublicLayerNorm(RewritePass):
                               {"T": dtype, "Tshape": tf.int32}).name
         scaled = graph.add_node("Mul", f"{scope}/gamma", [back, gamma], {"T": dtype}).name
         output = graph.add_node("AddV2", f"{scope}/beta", [scaled, beta], {"T": dtype}).name
-        graph.replace_uses({node.name: output, f"{node.name}:0": output})
+        graph.replace_uses({node.name: output})
         graph.remove([node.name])

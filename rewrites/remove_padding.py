@@ -33,14 +33,14 @@ the last position real in any row of the batch (at least 1)::
     (*) unpack = GatherV2(packed, inverse): inverse[r] is row r's index among the
         real rows (an exclusive Cumsum of the flat mask); at padding 0 for
         attention, and T_real for the outputs, which gather from [packed; a
-        zero row].  (One GatherV2 costs a third of a ScatterNd into zeros.)
+        zero row].  (One GatherV2 is cheaper than a ScatterNd into zeros.)
     (**) one GatherV2 of H-wide rows does the unpack, the Split and the
         Transpose(0, 2, 1, 3): head row (b, n, l) of block p (q, k or v) is row
         (inverse[b*L + l] * 3 + p) * N + n of the QKV rows seen as [T_real*3N, H].
         Back: packed row t, head n is row (b*N + n) * L + l of the context heads
         seen as [B*N*L, H], where b*L + l is the t-th real position.  It moves
-        each value once where unpack + Split + Transpose moved it three times:
-        MiniLM at full length 1.04x (the row unpacks had cost 4%).  A head whose
+        each value once where unpack + Split + Transpose moved it three times
+        (what it gains at full length: BENCHMARKS.md).  A head whose
         Reshape or Transpose has another reader is unpacked by rows as (*) into a
         Reshape [B,L,N,H] instead; a Split stays unless all its outputs are heads.
 
@@ -83,10 +83,10 @@ full-length row + 2 dummy rows (L = 128): sequence_output at real tokens,
 embeddings and pooled output bit-identical (max abs 0.0); against the
 unrewritten graph 2.7e-6 and 2.9e-6 (the fusions' rounding).
 
-Speed (benchmarks/padding_free.py, 2 shared cores, [4, 128], MRPC dev pairs,
-42% real tokens; BENCHMARKS.md): BERT-Base 2.30x the CPU default without it
-(2.39x ONNX Runtime, 1.27x ONNX Runtime with dynamic padding), MiniLM 2.05x; on
-full-length batches 1.00x and 0.99x.
+Speed (benchmarks/padding_free.py; the figures are in BENCHMARKS.md, "Figures
+moved from docstrings"): on MRPC-length traffic the dense layers run on the
+real tokens only, so the gain follows the share of padding; on full-length
+batches it is break-even.
 
 Sites: layers converted (attention blocks whose surroundings were packed).
 `details`: ops now run packed ("packed_ops"), packs, unpacks, and how many of
@@ -102,8 +102,7 @@ import tensorflow as tf
 
 from rewrites.base import LATE, RewritePass
 from rewrites.graph import Graph, parse_input, tensor_name
-from rewrites.token_rows import (AttentionSite, attention_sites, output_tensors, port_tensor,
-                                 row_wise, rows_of)
+from rewrites.token_rows import AttentionSite, attention_sites, row_wise, rows_of
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def region_of(graph: Graph, seeds: Set[str], rows: int) -> Set[str]:
         region.add(name)
         node = graph.node(name)
         neighbours = [parse_input(t)[0] for t in Graph.data_inputs(node)]
-        neighbours += [c for c, _ in graph.consumers(name)]
+        neighbours += graph.consumer_names(name)
         for other in neighbours:
             if other not in region and row_wise(graph, graph.node(other), rows):
                 stack.append(other)
@@ -188,8 +187,8 @@ class RemovePadding(RewritePass):
                     layout = "trim" if text in contexts else "full"
                     edges_in.setdefault((text, layout), []).append((name, index))
         for name in region:
-            for tensor in output_tensors(graph, graph.node(name)):
-                for consumer, index in graph.consumers(port_tensor(tensor)):
+            for tensor in graph.output_tensors(name):
+                for consumer, index in graph.consumers(tensor):
                     if consumer in gathered_heads:
                         continue  # read below, straight into attention's head layout
                     if consumer not in region:
@@ -288,8 +287,7 @@ class RemovePadding(RewritePass):
             if split.op != "Split" or split_name not in region:
                 continue
             parts = split.attr["num_split"].i
-            outputs = output_tensors(graph, split)
-            readers = [c for t in outputs for c, _ in graph.consumers(port_tensor(t))]
+            readers = [c for t in graph.output_tensors(split) for c, _ in graph.consumers(t)]
             source = Graph.data_inputs(split)[1]
             first = found[reshapes[0]]
             if (set(readers) != set(reshapes) or len(readers) != parts
@@ -352,8 +350,8 @@ class RemovePadding(RewritePass):
         reshapes = {n for s in sites for n in (s.key_reshape, s.value_reshape)}
         reshapes |= {s.query_reshape for s in sites if not s.cls_query}
         for name in region:
-            for tensor in output_tensors(graph, graph.node(name)):
-                for consumer, _ in graph.consumers(port_tensor(tensor)):
+            for tensor in graph.output_tensors(name):
+                for consumer, _ in graph.consumers(tensor):
                     if consumer in region or consumer in reshapes:
                         continue
                     if consumer in attention_nodes or not padding_tolerant(

@@ -30,7 +30,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from rewrites.graph import Graph, parse_input, tensor_name
+from rewrites.graph import Graph, parse_input
 from rewrites.pattern import ConstPattern, Matcher, OneOf, OpTypePattern
 
 _BATCH_MATMUL = "BatchMatMul|BatchMatMulV2|BatchMatMulV3"
@@ -47,18 +47,6 @@ BINARY_OPS = frozenset({
     "SquaredDifference", "Pow", "BiasAdd"})
 REDUCE_OPS = frozenset({"Mean", "Sum", "Max", "Min"})
 LAYER_NORM_OPS = frozenset({"_MklLayerNorm"})
-
-
-def output_tensors(graph: Graph, node) -> List[str]:
-    """The output tensors of a node of the ops `row_wise` knows (Split: several)."""
-    count = node.attr["num_split"].i if node.op in ("Split", "SplitV") else 1
-    return [tensor_name(node.name, p) for p in range(count)]
-
-
-def port_tensor(tensor: str) -> str:
-    """'a' -> 'a:0' (Graph.consumers of 'a' would give the uses of every port)."""
-    node, port, _ = parse_input(tensor)
-    return f"{node}:{port}"
 
 
 def rows_of(graph: Graph, tensor: str) -> Optional[int]:
@@ -93,7 +81,7 @@ def row_wise(graph: Graph, node, rows: int) -> bool:
             or graph.control_consumers(node.name):
         return False
     inputs = Graph.data_inputs(node)
-    if not inputs or any(rows_of(graph, t) != rows for t in output_tensors(graph, node)):
+    if not inputs or any(rows_of(graph, t) != rows for t in graph.output_tensors(node)):
         return False
 
     def row_input(t):

@@ -12,10 +12,7 @@ import tensorflow as tf
 
 import rewrites
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc import passes as rewriting
 
 LAYERS = 2
@@ -26,7 +23,7 @@ CPU_DEFAULT = list(rewriting.EXACT_FUSIONS)
 
 def _feeds():
     """Random lengths; row 0 full length; row 1 an all-padding dummy row."""
-    feeds = rg.random_feeds(BATCH, SEQ)
+    feeds = bt.random_bert_feeds(BATCH, SEQ)
     feeds["input_mask"][0] = 1
     for name in feeds:
         feeds[name][1] = 0
@@ -34,10 +31,10 @@ def _feeds():
 
 
 def _run_pair(frozen, before, after, feeds):
-    reference = rewrites.run(frozen.graph_def, before, protected_nodes=rg.protected(frozen))
-    result = rewrites.run(reference.graph_def, after, protected_nodes=rg.protected(frozen))
-    want = rg.run(frozen, reference.graph_def, feeds)
-    got = rg.run(frozen, result.graph_def, feeds)
+    reference = rewrites.run(frozen.graph_def, before, protected_nodes=bt.protected(frozen))
+    result = rewrites.run(reference.graph_def, after, protected_nodes=bt.protected(frozen))
+    want = bt.run(frozen, reference.graph_def, feeds)
+    got = bt.run(frozen, result.graph_def, feeds)
     live = feeds["input_mask"].any(1)
     error = max(np.abs(got[k][live] - want[k][live]).max() for k in want)
     return result, error
@@ -47,14 +44,14 @@ def _run_pair(frozen, before, after, feeds):
 @pytest.mark.parametrize("before", [[], CPU_DEFAULT, CPU_DEFAULT + ["tanh_gelu"]],
                          ids=["alone", "cpu_default", "cpu_default+tanh_gelu"])
 def test_cuts_the_last_layer_exactly(head, before):
-    frozen = rg.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
     result, error = _run_pair(frozen, before, ["cls_only_tail"], _feeds())
     assert [r.sites for r in result.reports] == [1]
-    assert "StridedSlice" not in rg.ops(result.graph_def)
+    assert "StridedSlice" not in bt.ops(result.graph_def)
     assert error <= EXACT
     # a second run changes nothing
     again = rewrites.run(result.graph_def, ["cls_only_tail"],
-                         protected_nodes=rg.protected(frozen))
+                         protected_nodes=bt.protected(frozen))
     assert again.reports[0].sites == 0
     assert sorted(n.SerializeToString(deterministic=True) for n in again.graph_def.node) == \
         sorted(n.SerializeToString(deterministic=True) for n in result.graph_def.node)
@@ -62,16 +59,16 @@ def test_cuts_the_last_layer_exactly(head, before):
 
 @pytest.mark.parametrize("head", ["sequence", "embedding"])
 def test_heads_reading_every_token_are_left_alone(head):
-    frozen = rg.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
     result = rewrites.run(frozen.graph_def, ["cls_only_tail"],
-                          protected_nodes=rg.protected(frozen))
+                          protected_nodes=bt.protected(frozen))
     assert result.reports[0].sites == 0
     assert len(result.graph_def.node) == len(frozen.graph_def.node)
 
 
 def test_near_miss_slice_of_another_row():
     """The pooler reading row 1 (not [CLS]) is not what this pass cuts to."""
-    frozen = rg.tiny_frozen("pooled", layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen("pooled", layers=LAYERS, batch=BATCH, seq=SEQ)
     graph = tf.compat.v1.GraphDef()
     graph.CopyFrom(frozen.graph_def)
     nodes = {n.name: n for n in graph.node}
@@ -85,12 +82,12 @@ def test_near_miss_slice_of_another_row():
         clone.name = f"{const.name}_row1"
         clone.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
         strided.input[index] = clone.name
-    result = rewrites.run(graph, ["cls_only_tail"], protected_nodes=rg.protected(frozen))
+    result = rewrites.run(graph, ["cls_only_tail"], protected_nodes=bt.protected(frozen))
     assert result.reports[0].sites == 0
 
 
 def test_composes_with_remove_padding():
-    frozen = rg.tiny_frozen("classifier", layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen("classifier", layers=LAYERS, batch=BATCH, seq=SEQ)
     result, error = _run_pair(frozen, CPU_DEFAULT, ["cls_only_tail", "remove_padding"], _feeds())
     assert [r.sites for r in result.reports] == [1, LAYERS]
     assert error <= EXACT
@@ -104,15 +101,15 @@ def test_composes_with_remove_padding():
 
 
 def test_expected_sites_follow_the_head():
-    config = rg.tiny_config(LAYERS)
+    config = bt.tiny_bert_config(LAYERS)
     assert rewriting.expected_sites(config, "classifier")["cls_only_tail"] == 1
     assert rewriting.expected_sites(config, "embedding")["cls_only_tail"] == 0
     assert rewriting.expected_sites(config)["remove_padding"] == LAYERS
 
 
 def test_minilm_pooled_on_mrpc():
-    frozen = rg.minilm_frozen("pooled", 16, 128)
-    feeds = {k: v.copy() for k, v in rg.mrpc_feeds(16, 128).items()}
+    frozen = bt.minilm_frozen("pooled", 16, 128)
+    feeds = {k: v.copy() for k, v in bt.mrpc_feeds(16, 128).items()}
     for name in feeds:
         feeds[name][15] = 0  # a dummy row
     result, error = _run_pair(frozen, CPU_DEFAULT, ["cls_only_tail", "remove_padding"], feeds)

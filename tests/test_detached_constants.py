@@ -14,7 +14,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import rewrites
 import rewrites.constants
-import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc.artifact import saved_model_writer as export
 from bertc.model import freeze
 from bertc.model import modeling
@@ -41,7 +41,7 @@ def graphs_equal(a, b) -> None:
 
 
 def test_detach_then_attach_is_the_identity():
-    frozen = rg.tiny_frozen("pooled")
+    frozen = bt.tiny_frozen("pooled")
     light, values = rewrites.detach_constants(frozen.graph_def, min_bytes=SMALL)
     assert values, "the test graph must have constants over the threshold"
     assert light.ByteSize() < frozen.graph_def.ByteSize() - sum(v.nbytes for v in values.values())
@@ -58,8 +58,8 @@ def test_detach_then_attach_is_the_identity():
 ])
 def test_detached_pipeline_gives_the_embedded_result(passes, monkeypatch):
     monkeypatch.setattr(rewrites.constants, "DETACH_MIN_BYTES", SMALL)  # new constants too
-    frozen = rg.tiny_frozen("pooled")
-    protected = rg.protected(frozen)
+    frozen = bt.tiny_frozen("pooled")
+    protected = bt.protected(frozen)
     options = rewriting.pass_options("float16", False, "cpu")
     embedded = rewrites.run(frozen.graph_def, passes, protected, options=options)
     light, values = rewrites.detach_constants(frozen.graph_def, min_bytes=SMALL)
@@ -77,8 +77,8 @@ def test_detached_pipeline_gives_the_embedded_result(passes, monkeypatch):
 
 
 def test_detached_export_is_the_embedded_saved_model(tmp_path):
-    config = rg.tiny_config(2, 32, 4, 64)
-    model = modeling.BertModel(config, rg.random_weights(config))
+    config = bt.tiny_bert_config(2, 32, 4, 64)
+    model = modeling.BertModel(config, bt.random_bert_weights(config))
     embedded = freeze.freeze_model(model, "classifier", 2, 8)
     detached = freeze.freeze_model(model, "classifier", 2, 8, detach=True)
     assert detached.constants and all(
@@ -99,7 +99,7 @@ def test_detached_export_is_the_embedded_saved_model(tmp_path):
     assert values and signature == parsed["embedded"].signature_def["serving_default"]
     graphs_equal(rewrites.attach_constants(light, values), parsed["embedded"].graph_def)
     # and TensorFlow loads and runs both to the same numbers
-    feeds = {k: tf.constant(v) for k, v in rg.random_feeds(2, 8).items()}
+    feeds = {k: tf.constant(v) for k, v in bt.random_bert_feeds(2, 8).items()}
     got, want = (export.load_signature(str(tmp_path / kind))(**feeds)
                  for kind in ("detached", "embedded"))
     assert set(got) == {"logits", "probabilities"}
@@ -108,7 +108,6 @@ def test_detached_export_is_the_embedded_saved_model(tmp_path):
 
 
 def test_checkpoint_weights_are_aligned_numpy_memory(tmp_path):
-    import bertc_testing as bt
     from bertc.sources import google_checkpoint as checkpoint
     cfg = bt.tiny_config()
     bt.write_google_checkpoint(str(tmp_path), cfg, bt.random_weights(cfg))

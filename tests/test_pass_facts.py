@@ -13,7 +13,7 @@ import logging
 import pytest
 
 import rewrites
-import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc import passes
 from bertc.errors import BertcError
 from bertc.model.config import BertConfig
@@ -80,6 +80,6 @@ def test_its_bound_and_site_count_apply(toy_registered):
 
 
 def test_the_pipeline_runs_it(toy_registered):
-    frozen = rg.tiny_frozen("pooled")
-    result = rewrites.run(frozen.graph_def, ["count_matmuls"], rg.protected(frozen))
+    frozen = bt.tiny_frozen("pooled")
+    result = rewrites.run(frozen.graph_def, ["count_matmuls"], bt.protected(frozen))
     assert result.reports[0].sites == sum(n.op == "MatMul" for n in frozen.graph_def.node) > 0

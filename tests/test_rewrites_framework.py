@@ -86,6 +86,27 @@ def test_graph_consumers_consts_shapes_and_edits():
     assert [n.name for n in gd.node][-1] == "dead"  # the input graph is untouched
 
 
+def test_graph_outputs_and_one_port_convention():
+    gd = _small_graph()
+    axis = _const(gd, "axis", np.int32(1), tf.int32)
+    split = _op(gd, "Split", "split", [axis.name, "x"])
+    split.attr["num_split"].i = 3
+    pair = _op(gd, "IdentityN", "pair", ["x", "mul"])
+    pair.attr["T"].list.type.extend([tf.float32.as_datatype_enum] * 2)
+    _op(gd, "AddV2", "sum", ["split", "split:2"])
+    _op(gd, "MyCustomOp", "custom", ["x"])
+    _op(gd, "Mul", "uses_custom", ["custom:4", "pair:1"])
+    _op(gd, "NoOp", "after", ["^split"])
+    g = Graph(gd)
+    assert g.num_outputs("split") == 3 and g.num_outputs(g.node("pair")) == 2
+    assert g.num_outputs("mul") == 1 and g.num_outputs("custom") == 5  # unknown op: ports read
+    assert g.output_tensors("split") == ["split", "split:1", "split:2"]
+    assert g.consumers("split") == g.consumers("split:0") == [("sum", 0)]
+    assert g.consumers("split:2") == [("sum", 1)] and g.consumers("split:1") == []
+    assert g.consumer_names("split") == {"sum", "after"}
+    assert g.consumer_names("pair") == {"uses_custom"}
+
+
 def test_pattern_alternatives_wildcards_bindings_and_commutativity():
     g = Graph(_small_graph())
     pattern = P.OpTypePattern("Add|AddV2", name="root", inputs=[
@@ -209,3 +230,37 @@ def test_pipeline_passes_known_options_only():
                           options={"dtype": "float32", "aggressive": False})
     assert result.reports[0].sites > 0
     assert isinstance(result, pipeline.PipelineResult)
+
+
+class _AddsThenGivesUp(base.FusionPass):
+    """Matches Mul(x, c); adds two Consts and a node, then fuses only if `fuses`."""
+
+    name = "adds_then_gives_up"
+    pattern = P.OpTypePattern("Mul", name="mul", inputs=[P.OpTypePattern("*"), P.ConstPattern()])
+    root_ops = ("Mul",)
+    fuses = False
+
+    def fuse(self, graph, match, edit):
+        first = edit.add_const("k", np.float32(3.0))
+        second = edit.add_const("k", np.float32(4.0))
+        self.names = (first, second)
+        assert "k" not in graph and "k_1" not in graph  # buffered, not yet added
+        edit.add_node("Mul", "mul", [match.tensor("mul"), second], {"T": tf.float32})
+        return self.fuses
+
+
+def test_a_fuse_that_gives_up_leaves_the_graph_byte_identical():
+    gd = _small_graph()
+    untouched = Graph(gd).to_graph_def().SerializeToString(deterministic=True)
+    rewritten, sites = _AddsThenGivesUp().apply(gd)
+    assert sites == 0
+    assert rewritten.SerializeToString(deterministic=True) == untouched
+
+
+def test_edit_reserves_names_and_adds_them_at_apply():
+    fusion = _AddsThenGivesUp()
+    fusion.fuses = True
+    rewritten, sites = fusion.apply(_small_graph())
+    assert sites == 1 and fusion.names == ("k", "k_1")
+    nodes = {n.name: n for n in rewritten.node}
+    assert nodes["mul_1"].input == ["mul", "k_1"] and nodes["k"].op == "Const"

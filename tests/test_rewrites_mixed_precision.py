@@ -16,10 +16,7 @@ import tensorflow as tf
 import rewrites
 from rewrites import mixed_precision
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc.model import freeze
 from bertc.model import modeling
 from bertc import passes as rewriting
@@ -59,8 +56,8 @@ def _by_op(graph_def, op):
 
 
 def _tiny(head="classifier"):
-    frozen = rg.tiny_frozen(head, layers=LAYERS)
-    return frozen, rg.protected(frozen), rg.random_feeds(frozen.batch_size, frozen.seq_len)
+    frozen = bt.tiny_frozen(head, layers=LAYERS)
+    return frozen, bt.protected(frozen), bt.random_bert_feeds(frozen.batch_size, frozen.seq_len)
 
 
 def _nodes(graph_def):
@@ -97,8 +94,8 @@ def test_matmuls_and_the_work_between_them_go_half_the_rest_stays_float32(dtype)
         source = nodes[cast.input[0]]
         assert source.op not in ("Const", "Cast") or source.op == "Cast" and \
             source.input[0] in frozen.inputs.values(), cast.name
-    values = rg.run(frozen, out, feeds)
-    reference = rg.run(frozen, frozen.graph_def, feeds)
+    values = bt.run(frozen, out, feeds)
+    reference = bt.run(frozen, frozen.graph_def, feeds)
     for key, value in values.items():
         assert value.dtype == np.float32
         assert np.abs(value - reference[key]).max() <= 0.02, key
@@ -119,8 +116,8 @@ def test_aggressive_runs_the_encoder_layernorms_half_as_aws_does(dtype):
                and tf.make_ndarray(nodes[i].attr["value"].tensor).size == 1
                and tf.make_ndarray(nodes[i].attr["value"].tensor) < 1e-6]
         assert len(eps) == 2 * LAYERS and all(e > 0 for e in eps)
-    values = rg.run(frozen, out, feeds)
-    reference = rg.run(frozen, frozen.graph_def, feeds)
+    values = bt.run(frozen, out, feeds)
+    reference = bt.run(frozen, frozen.graph_def, feeds)
     assert np.abs(values["probabilities"] - reference["probabilities"]).max() <= 0.02
 
 
@@ -139,8 +136,8 @@ def test_fused_layernorm_stays_float32_unless_aggressive_and_it_runs_here(dtype,
     runs = aggressive and mixed_precision.fused_layer_norm_runs(dtype)
     assert fused == sorted(["float32"] + [dtype if runs else "float32"] * 2 * LAYERS)
     assert report.details["kept_float32"] == (2 * LAYERS if aggressive and not runs else 0)
-    values = rg.run(frozen, out, feeds)
-    reference = rg.run(frozen, frozen.graph_def, feeds)
+    values = bt.run(frozen, out, feeds)
+    reference = bt.run(frozen, frozen.graph_def, feeds)
     assert np.abs(values["probabilities"] - reference["probabilities"]).max() <= 0.02
 
 
@@ -153,10 +150,10 @@ def test_second_run_changes_nothing(dtype):
 
 
 def test_same_sites_under_other_names():
-    config = rg.tiny_config(LAYERS)
-    scoped = rg.scoped_frozen(config, rg.random_weights(config), "classifier", 2, 8)
+    config = bt.tiny_bert_config(LAYERS)
+    scoped = bt.scoped_frozen(config, bt.random_bert_weights(config), "classifier", 2, 8)
     assert not any(n.name.startswith("weights/") for n in scoped.graph_def.node)
-    out, report = _apply(rg.identity_wrapped(scoped.graph_def), rg.protected(scoped))
+    out, report = _apply(bt.identity_wrapped(scoped.graph_def), bt.protected(scoped))
     assert report.sites == SITES and report.details["casts"] == CASTS
     # Weights behind Identity nodes are converted too, not Cast.
     nodes = {n.name: n for n in out.node}
@@ -172,19 +169,19 @@ def test_a_dense_stack_on_a_float_input_converts_its_matmuls():
         hidden = modeling.gelu(modeling.dense(x, k1, np.zeros(16, np.float32)))
         return tf.identity(tf.matmul(hidden, k2), name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec([4, 16], tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec([4, 16], tf.float32, name="x"))
     out, report = _apply(gd, ["x", "out"], "float16")
     assert report.sites == 2 and report.details["casts"] == 2  # x in, result out
     x = rng.standard_normal((4, 16)).astype(np.float32)
-    got, want = rg.session_run(out, {"x": x}), rg.session_run(gd, {"x": x})
+    got, want = bt.session_run(out, {"x": x}), bt.session_run(gd, {"x": x})
     assert got.dtype == np.float32 and np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 
 
 def test_near_misses_change_nothing(caplog):
     """Embeddings alone (their one-hot MatMul is a lookup), float64 matmuls,
     a one-hot of an int input times a table: nothing to convert."""
-    config = rg.tiny_config(1)
-    weights = {k: tf.constant(v) for k, v in rg.random_weights(config).items()}
+    config = bt.tiny_bert_config(1)
+    weights = {k: tf.constant(v) for k, v in bt.random_bert_weights(config).items()}
 
     def embeddings_only(ids, segments):
         return tf.identity(modeling.embeddings(weights, config, ids, segments), name="out")
@@ -196,9 +193,9 @@ def test_near_misses_change_nothing(caplog):
         return tf.identity(tf.matmul(tf.one_hot(ids, 8), tf.ones([8, 4])), name="out")
 
     ints = [tf.TensorSpec([2, 8], tf.int32, name=n) for n in ("ids", "segments")]
-    graphs = [(rg.trace(embeddings_only, *ints), ["ids", "segments", "out"]),
-              (rg.trace(float64_dense, tf.TensorSpec([2, 8], tf.float64, name="x")), ["x", "out"]),
-              (rg.trace(one_hot_lookup, tf.TensorSpec([2], tf.int32, name="ids")), ["ids", "out"])]
+    graphs = [(bt.trace(embeddings_only, *ints), ["ids", "segments", "out"]),
+              (bt.trace(float64_dense, tf.TensorSpec([2, 8], tf.float64, name="x")), ["x", "out"]),
+              (bt.trace(one_hot_lookup, tf.TensorSpec([2], tf.int32, name="ids")), ["ids", "out"])]
     for gd, protected in graphs:
         out, report = _apply(gd, protected)
         assert report.sites == 0 and report.warning and _nodes(out) == _nodes(gd)
@@ -212,8 +209,8 @@ def test_an_op_without_a_half_kernel_stays_float32(monkeypatch):
     out, report = _apply(frozen.graph_def, protected, "float16")
     assert report.sites == SITES and report.details["kept_float32"] == LAYERS
     assert all(_dtype(n) == "float32" for n in _by_op(out, "Erf"))
-    reference = rg.run(frozen, frozen.graph_def, feeds)
-    values = rg.run(frozen, out, feeds)
+    reference = bt.run(frozen, frozen.graph_def, feeds)
+    values = bt.run(frozen, out, feeds)
     assert np.abs(values["probabilities"] - reference["probabilities"]).max() <= 0.02
 
 
@@ -241,8 +238,8 @@ def test_bertc_asks_for_it_by_dtype_and_verifies_it_approximately():
 @pytest.fixture(scope="module")
 def mrpc_features():
     from bertc.text.tokenization import WordPieceTokenizer
-    _, _, vocab = rg.minilm()
-    pairs = rg.mrpc_pairs(MRPC_PAIRS)
+    _, _, vocab = bt.minilm()
+    pairs = bt.mrpc_pairs(MRPC_PAIRS)
     assert len(pairs) == MRPC_PAIRS
     tokenizer = WordPieceTokenizer.from_vocab_file(vocab, do_lower_case=True)
     return tokenizer.encode_batch(pairs, MINILM_SEQ)
@@ -252,14 +249,14 @@ def mrpc_features():
 def minilm_heads():
     """{'embedding': FrozenGraph, 'classifier': FrozenGraph}: MiniLM's mean-pooled
     embedding, and a random 2-label classifier on its pooler."""
-    config, weights, _ = rg.minilm()
+    config, weights, _ = bt.minilm()
     rng = np.random.default_rng(0)
     with_head = dict(weights)
     with_head["output_weights"] = (0.02 * rng.standard_normal((2, config.hidden_size))
                                    ).astype(np.float32)
     with_head["output_bias"] = np.zeros(2, np.float32)
     classifier = modeling.BertModel(config, with_head)
-    return {"embedding": rg.minilm_frozen("embedding", MINILM_BATCH, MINILM_SEQ),
+    return {"embedding": bt.minilm_frozen("embedding", MINILM_BATCH, MINILM_SEQ),
             "classifier": freeze.freeze_model(classifier, "classifier", MINILM_BATCH,
                                               MINILM_SEQ)}
 
@@ -300,13 +297,13 @@ def test_minilm_mrpc_embeddings_and_classifier_within_bounds(minilm_heads, minil
     embedding, classifier = minilm_heads["embedding"], minilm_heads["classifier"]
     lengths = mrpc_features["input_mask"][:rows].sum(1)
     assert lengths.max() < MINILM_SEQ  # no pair truncated
-    out, report = _apply(embedding.graph_def, rg.protected(embedding), dtype)
+    out, report = _apply(embedding.graph_def, bt.protected(embedding), dtype)
     assert report.sites == 8 * 6  # no pooler on the embedding head
     vectors = _run_rows(embedding, out, mrpc_features, rows, "embedding")
     assert vectors.dtype == np.float32
-    cosine = rg.cosine_rows(vectors, minilm_float32["embedding"][:rows])
+    cosine = bt.cosine_rows(vectors, minilm_float32["embedding"][:rows])
     assert cosine.min() >= 0.999, (cosine.min(), int(np.argmin(cosine)))
-    out, report = _apply(classifier.graph_def, rg.protected(classifier), dtype)
+    out, report = _apply(classifier.graph_def, bt.protected(classifier), dtype)
     assert report.sites == 8 * 6 + 2
     logits = _run_rows(classifier, out, mrpc_features, rows, "logits")
     assert logits.dtype == np.float32

@@ -14,10 +14,7 @@ import pytest
 
 import rewrites
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 
 BATCH, SEQ = 16, 128
 LAYERS = 6
@@ -27,25 +24,25 @@ PADDING = 5e-4
 
 @pytest.fixture(scope="module")
 def minilm():
-    frozen = rg.minilm_frozen("sequence", BATCH, SEQ)
-    feeds = rg.mrpc_feeds(BATCH, SEQ)
-    reference = rg.minilm_reference("sequence", BATCH, SEQ)["sequence_output"]
+    frozen = bt.minilm_frozen("sequence", BATCH, SEQ)
+    feeds = bt.mrpc_feeds(BATCH, SEQ)
+    reference = bt.minilm_reference("sequence", BATCH, SEQ)["sequence_output"]
     return frozen, feeds, reference
 
 
 def _rewrite_and_run(minilm, names):
     frozen, feeds, reference = minilm
-    result = rewrites.run(frozen.graph_def, names, protected_nodes=rg.protected(frozen),
+    result = rewrites.run(frozen.graph_def, names, protected_nodes=bt.protected(frozen),
                           strict=True)
-    output = rg.run(frozen, result.graph_def, feeds)["sequence_output"]
+    output = bt.run(frozen, result.graph_def, feeds)["sequence_output"]
     real = feeds["input_mask"].astype(bool)
     error = np.abs(output - reference)
-    embeddings = rg.sentence_embeddings(output, feeds["input_mask"])
-    reference_embeddings = rg.sentence_embeddings(reference, feeds["input_mask"])
+    embeddings = bt.sentence_embeddings(output, feeds["input_mask"])
+    reference_embeddings = bt.sentence_embeddings(reference, feeds["input_mask"])
     return {"sites": [r.sites for r in result.reports],
             "real": error[real].max(), "padding": error[~real].max(),
             "embedding": np.abs(embeddings - reference_embeddings).max(),
-            "cosine": rg.cosine_rows(embeddings, reference_embeddings).min(),
+            "cosine": bt.cosine_rows(embeddings, reference_embeddings).min(),
             "embeddings": embeddings}
 
 
@@ -102,5 +99,5 @@ def _check_against_hugging_face(minilm, embeddings, hidden_act):
                        attention_mask=torch.tensor(feeds["input_mask"]).long(),
                        token_type_ids=torch.tensor(feeds["segment_ids"]).long()
                        ).last_hidden_state.numpy()
-    theirs = rg.sentence_embeddings(hidden, feeds["input_mask"])
-    assert rg.cosine_rows(embeddings, theirs).min() >= 0.99999
+    theirs = bt.sentence_embeddings(hidden, feeds["input_mask"])
+    assert bt.cosine_rows(embeddings, theirs).min() >= 0.99999

@@ -1,6 +1,7 @@
 """Each pass on tiny graphs: it matches every site, refuses near-misses, keeps
 its numeric bound, and a second run changes nothing."""
 
+import logging
 import math
 
 import numpy as np
@@ -9,11 +10,9 @@ import tensorflow as tf
 
 import rewrites
 
-try:  # tests/ as a rootdir-less folder, or as a package
-    import rewrite_graphs as rg
-except ImportError:  # pragma: no cover
-    from tests import rewrite_graphs as rg
+import bertc_testing as bt
 from bertc.model import modeling
+from bertc.runtime import runner
 
 LAYERS = 2
 EXPECTED_SITES = {"fused_attention": LAYERS, "fused_layernorm": 2 * LAYERS + 1,
@@ -37,14 +36,14 @@ def _rerun_changes_nothing(graph_def, name, protected=()):
 
 
 def _tiny():
-    frozen = rg.tiny_frozen("sequence", layers=LAYERS)
-    return frozen, rg.protected(frozen), rg.random_feeds(frozen.batch_size, frozen.seq_len)
+    frozen = bt.tiny_frozen("sequence", layers=LAYERS)
+    return frozen, bt.protected(frozen), bt.random_bert_feeds(frozen.batch_size, frozen.seq_len)
 
 
 # ------------------------------------------------------------------ strip_unused
 def test_strip_unused_bypasses_weight_identities_and_keeps_outputs_bit_identical():
     frozen, protected, feeds = _tiny()
-    wrapped = rg.identity_wrapped(frozen.graph_def)
+    wrapped = bt.identity_wrapped(frozen.graph_def)
     out, report = _apply(wrapped, "strip_unused", protected)
     identities = sum(n.op == "Identity" for n in wrapped.node) - sum(
         n.op == "Identity" for n in out.node)
@@ -52,8 +51,8 @@ def test_strip_unused_bypasses_weight_identities_and_keeps_outputs_bit_identical
     consts = {n.name for n in out.node if n.op == "Const"}
     assert not [n for n in out.node if n.op == "Identity" and n.input[0] in consts]
     assert report.details["nodes_removed"] >= identities  # and the unused pooler weights
-    np.testing.assert_array_equal(rg.run(frozen, out, feeds)["sequence_output"],
-                                  rg.run(frozen, frozen.graph_def, feeds)["sequence_output"])
+    np.testing.assert_array_equal(bt.run(frozen, out, feeds)["sequence_output"],
+                                  bt.run(frozen, frozen.graph_def, feeds)["sequence_output"])
     again, report = _apply(out, "strip_unused", protected)
     assert report.sites == 0
 
@@ -67,13 +66,13 @@ def test_strip_unused_drops_control_edges_that_order_nothing_and_keeps_stateful_
             z = tf.identity(y + 1.0, name="out")
         return z
 
-    gd = rg.trace(fn, tf.TensorSpec([3], tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec([3], tf.float32, name="x"))
     out, report = _apply(gd, "strip_unused", ["x", "out"])
     assert report.details["control_edges_dropped"] >= 1
     kept = [t for n in out.node for t in n.input if t.startswith("^")]
     assert kept == ["^Assert/AssertGuard/Identity"]  # waits on the (stateful) assertion
-    assert "If" in rg.ops(out)
-    np.testing.assert_array_equal(rg.session_run(out, {"x": np.ones(3, np.float32)}), [3, 3, 3])
+    assert "If" in bt.ops(out)
+    np.testing.assert_array_equal(bt.session_run(out, {"x": np.ones(3, np.float32)}), [3, 3, 3])
     _rerun_changes_nothing(out, "strip_unused", ["x", "out"])
 
 
@@ -81,9 +80,9 @@ def test_strip_unused_drops_control_edges_that_order_nothing_and_keeps_stateful_
 def test_fold_constants_folds_the_position_slice_bit_identically():
     frozen, protected, feeds = _tiny()
     out, report = _apply(frozen.graph_def, "fold_constants", protected)
-    assert report.sites == 1 and "Slice" not in rg.ops(out)
-    np.testing.assert_array_equal(rg.run(frozen, out, feeds)["sequence_output"],
-                                  rg.run(frozen, frozen.graph_def, feeds)["sequence_output"])
+    assert report.sites == 1 and "Slice" not in bt.ops(out)
+    np.testing.assert_array_equal(bt.run(frozen, out, feeds)["sequence_output"],
+                                  bt.run(frozen, frozen.graph_def, feeds)["sequence_output"])
     _rerun_changes_nothing(out, "fold_constants", protected)
 
 
@@ -96,13 +95,13 @@ def test_fold_constants_never_folds_what_a_placeholder_feeds():
         shaped = tf.reshape(x, [2, 3])                                   # fed by x
         return tf.identity(shaped * scale + tf.reshape(w, [2, 3]), name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec([6], tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec([6], tf.float32, name="x"))
     out, report = _apply(gd, "fold_constants", ["x", "out"])
     assert report.sites == 2
-    assert {"Sqrt", "Cast", "Transpose"}.isdisjoint(rg.ops(out))
-    assert "Reshape" in rg.ops(out)  # the Placeholder's reshape stays
+    assert {"Sqrt", "Cast", "Transpose"}.isdisjoint(bt.ops(out))
+    assert "Reshape" in bt.ops(out)  # the Placeholder's reshape stays
     feeds = {"x": np.linspace(-1, 1, 6).astype(np.float32)}
-    np.testing.assert_array_equal(rg.session_run(out, feeds), rg.session_run(gd, feeds))
+    np.testing.assert_array_equal(bt.session_run(out, feeds), bt.session_run(gd, feeds))
     _rerun_changes_nothing(out, "fold_constants", ["x", "out"])
 
 
@@ -123,13 +122,13 @@ def test_gelu_pass_matches_every_exact_form_within_its_documented_bound(name, bo
     def fn(x):
         return tf.identity(tf.stack(_gelu_forms(x)), name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec([4001], tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec([4001], tf.float32, name="x"))
     out, report = _apply(gd, name, ["x", "out"])
     assert report.sites == 4
-    assert not {"Erf", "Erfc"} & set(rg.ops(out))
+    assert not {"Erf", "Erfc"} & set(bt.ops(out))
     grid = np.linspace(-8, 8, 4001).astype(np.float32)
-    approx = rg.session_run(out, {"x": grid})
-    exact = rg.gelu_exact_numpy(grid.astype(np.float64))
+    approx = bt.session_run(out, {"x": grid})
+    exact = bt.gelu_exact_numpy(grid.astype(np.float64))
     error = np.abs(approx - exact).max()
     assert error <= bound
     assert error >= 0.8 * bound  # the bound is tight: it is the measured worst case
@@ -140,7 +139,7 @@ def test_gelu_pass_matches_every_exact_form_within_its_documented_bound(name, bo
 def test_gelu_pass_finds_one_site_per_layer_and_refuses_near_misses(name, monkeypatch):
     frozen, protected, feeds = _tiny()
     out, report = _apply(frozen.graph_def, name, protected)
-    assert report.sites == LAYERS and "Erf" not in rg.ops(out)
+    assert report.sites == LAYERS and "Erf" not in bt.ops(out)
     _rerun_changes_nothing(out, name, protected)
 
     def near_misses(x):
@@ -154,7 +153,7 @@ def test_gelu_pass_finds_one_site_per_layer_and_refuses_near_misses(name, monkey
         return tf.identity(tf.stack([wrong_half, wrong_root, two_inputs, uses_leak, leaked]),
                            name="out")
 
-    gd = rg.trace(near_misses, tf.TensorSpec([5], tf.float32, name="x"))
+    gd = bt.trace(near_misses, tf.TensorSpec([5], tf.float32, name="x"))
     _, report = _apply(gd, name, ["x", "out"])
     assert report.sites == 0
 
@@ -171,10 +170,10 @@ def test_fused_layernorm_fuses_every_layernorm_of_the_model():
     frozen, protected, feeds = _tiny()
     out, report = _apply(frozen.graph_def, "fused_layernorm", protected)
     assert report.sites == EXPECTED_SITES["fused_layernorm"]
-    assert rg.ops(out).count("_MklLayerNorm") == report.sites
-    assert not {"Rsqrt", "SquaredDifference", "Mean"} & set(rg.ops(out))
-    got = rg.run(frozen, out, feeds)["sequence_output"]
-    want = rg.run(frozen, frozen.graph_def, feeds)["sequence_output"]
+    assert bt.ops(out).count("_MklLayerNorm") == report.sites
+    assert not {"Rsqrt", "SquaredDifference", "Mean"} & set(bt.ops(out))
+    got = bt.run(frozen, out, feeds)["sequence_output"]
+    want = bt.run(frozen, frozen.graph_def, feeds)["sequence_output"]
     assert np.abs(got - want).max() <= EXACT
     _rerun_changes_nothing(out, "fused_layernorm", protected)
 
@@ -188,12 +187,12 @@ def test_fused_layernorm_keeps_epsilon_1e_12_and_any_rank(shape):
     def fn(x):
         return tf.identity(modeling.layer_norm(x, gamma, beta), name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec(shape, tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec(shape, tf.float32, name="x"))
     out, report = _apply(gd, "fused_layernorm", ["x", "out"])
     assert report.sites == 1
     x = (rng.standard_normal(shape) + 3.0).astype(np.float32)
     x.reshape(-1, 16)[0] = 1e-6 * rng.standard_normal(16)  # variance 1e-12: eps decides
-    got = rg.session_run(out, {"x": x})
+    got = bt.session_run(out, {"x": x})
     want = _layer_norm_numpy(x, gamma, beta)
     assert np.abs(got - want).max() <= EXACT  # a clamped eps (1e-5, 1e-3) is off by ~1
 
@@ -210,7 +209,7 @@ def test_fused_layernorm_matches_google_and_keras_forms():
     beta = (0.1 * rng.standard_normal(16)).astype(np.float32)
     x = rng.standard_normal((5, 16)).astype(np.float32)
     spec = tf.TensorSpec([5, 16], tf.float32, name="x")
-    google = rg.trace(lambda t: tf.identity(_moments_form(t, tf.constant(gamma),
+    google = bt.trace(lambda t: tf.identity(_moments_form(t, tf.constant(gamma),
                                                           tf.constant(beta)), name="out"), spec)
     import keras
     layer = keras.layers.LayerNormalization(epsilon=1e-12)
@@ -224,7 +223,7 @@ def test_fused_layernorm_matches_google_and_keras_forms():
         result = rewrites.run(gd, ["strip_unused", "fold_constants", "fused_layernorm"],
                               protected_nodes=["x", "out"])
         assert result.reports[-1].sites == 1
-        assert np.abs(rg.session_run(result.graph_def, {"x": x}) -
+        assert np.abs(bt.session_run(result.graph_def, {"x": x}) -
                       _layer_norm_numpy(x, gamma, beta)).max() <= EXACT
 
 
@@ -239,29 +238,41 @@ def test_fused_layernorm_refuses_other_axes_and_non_constant_parameters():
         runtime_gamma = modeling.layer_norm(x, g, beta)
         return tf.identity(over_rows + runtime_gamma, name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec([6, 16], tf.float32, name="x"),
+    gd = bt.trace(fn, tf.TensorSpec([6, 16], tf.float32, name="x"),
                   tf.TensorSpec([16], tf.float32, name="g"))
     _, report = _apply(gd, "fused_layernorm", ["x", "g", "out"])
     assert report.sites == 0
 
 
+def test_fused_layernorm_logs_why_it_gives_up(caplog):
+    def fn(x):
+        return tf.identity(modeling.layer_norm(x, np.ones(16, np.float32),
+                                               np.zeros(16, np.float32), epsilon=0.1), name="out")
+
+    gd = bt.trace(fn, tf.TensorSpec([6, 16], tf.float32, name="x"))
+    with caplog.at_level(logging.DEBUG, logger="rewrites.fused_layernorm"):
+        _, report = _apply(gd, "fused_layernorm", ["x", "out"])
+    assert report.sites == 0
+    assert "not fused: epsilon is not a scalar in [0, 0.01]" in caplog.text
+
+
 # -------------------------------------------------------------------- attention
 @pytest.mark.parametrize("hidden,heads", [(32, 4), (48, 2)])  # head size 8, and 24
 def test_fused_attention_one_projection_per_layer_scale_folded(hidden, heads):
-    frozen = rg.tiny_frozen("sequence", layers=LAYERS, hidden=hidden, heads=heads)
-    protected = rg.protected(frozen)
-    feeds = rg.random_feeds(frozen.batch_size, frozen.seq_len)
+    frozen = bt.tiny_frozen("sequence", layers=LAYERS, hidden=hidden, heads=heads)
+    protected = bt.protected(frozen)
+    feeds = bt.random_bert_feeds(frozen.batch_size, frozen.seq_len)
     out, report = _apply(frozen.graph_def, "fused_attention", protected)
     assert report.sites == LAYERS
-    ops = rg.ops(out)
+    ops = bt.ops(out)
     assert ops.count("Split") == LAYERS
-    assert ops.count("MatMul") == rg.ops(frozen.graph_def).count("MatMul") - 2 * LAYERS
+    assert ops.count("MatMul") == bt.ops(frozen.graph_def).count("MatMul") - 2 * LAYERS
     nodes = {n.name: n for n in out.node}
     for node in out.node:  # nothing multiplies the scores any more
         if node.op == "Mul":
             assert not any(nodes[t.split(":")[0]].op == "BatchMatMulV2" for t in node.input)
-    got = rg.run(frozen, out, feeds)["sequence_output"]
-    want = rg.run(frozen, frozen.graph_def, feeds)["sequence_output"]
+    got = bt.run(frozen, out, feeds)["sequence_output"]
+    want = bt.run(frozen, frozen.graph_def, feeds)["sequence_output"]
     assert np.abs(got - want).max() <= EXACT
     _rerun_changes_nothing(out, "fused_attention", protected)
 
@@ -290,7 +301,7 @@ def _attention_graph(same_input=True, scale_scores=True, leak_scores=False):
         return tf.identity(tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [8, 8]) + extra,
                            name="out")
 
-    return rg.trace(fn, tf.TensorSpec([8, 8], tf.float32, name="x"),
+    return bt.trace(fn, tf.TensorSpec([8, 8], tf.float32, name="x"),
                     tf.TensorSpec([8, 8], tf.float32, name="y"),
                     tf.TensorSpec([2, 4], tf.int32, name="mask"))
 
@@ -304,7 +315,7 @@ def test_fused_attention_on_a_graph_bertc_did_not_build_and_its_near_misses():
     gd = _attention_graph()
     out, report = _apply(gd, "fused_attention", protected)
     assert report.sites == 1
-    assert np.abs(rg.session_run(out, feeds) - rg.session_run(gd, feeds)).max() <= EXACT
+    assert np.abs(bt.session_run(out, feeds) - bt.session_run(gd, feeds)).max() <= EXACT
     for near_miss in (_attention_graph(same_input=False),     # K reads another tensor
                       _attention_graph(scale_scores=False),   # the 0.5 scales probabilities
                       _attention_graph(leak_scores=True)):    # raw scores read elsewhere
@@ -312,15 +323,22 @@ def test_fused_attention_on_a_graph_bertc_did_not_build_and_its_near_misses():
         assert report.sites == 0
 
 
-def test_fused_attention_deduplicates_a_per_layer_mask_bias():
+def test_served_grappler_merges_a_per_layer_mask_bias():
+    """fused_attention leaves a per-layer mask bias as it is: the served run's
+    common-subexpression elimination computes it once."""
     frozen, protected, feeds = _tiny()
-    duplicated = rg.duplicate_mask_bias(frozen.graph_def)
-    assert rg.ops(duplicated).count("Cast") == LAYERS
+    duplicated = bt.duplicate_mask_bias(frozen.graph_def)
+    assert bt.ops(duplicated).count("Cast") == LAYERS
     out, report = _apply(duplicated, "fused_attention", protected)
-    assert report.sites == LAYERS and report.details["mask_nodes_merged"] >= 4
-    assert rg.ops(out).count("Cast") == 1
-    want = rg.run(frozen, frozen.graph_def, feeds)["sequence_output"]
-    assert np.abs(rg.run(frozen, out, feeds)["sequence_output"] - want).max() <= EXACT
+    assert report.sites == LAYERS and bt.ops(out).count("Cast") == LAYERS
+    assert bt.served_partition_ops(frozen, out, feeds).count("Cast") == 1
+    no_cse = tf.compat.v1.ConfigProto()
+    no_cse.graph_options.rewrite_options.disable_meta_optimizer = True
+    no_cse.graph_options.optimizer_options.opt_level = tf.compat.v1.OptimizerOptions.L0
+    assert bt.served_partition_ops(frozen, out, feeds, runner.RunConfig(
+        proto=no_cse)).count("Cast") == LAYERS  # without CSE the copies run
+    want = bt.run(frozen, frozen.graph_def, feeds)["sequence_output"]
+    assert np.abs(bt.run(frozen, out, feeds)["sequence_output"] - want).max() <= EXACT
 
 
 # --------------------------------------------------- graphs bertc's names do not help
@@ -328,21 +346,21 @@ def test_fused_attention_deduplicates_a_per_layer_mask_bias():
 def hub_like_graph():
     """The tiny BERT traced under tf.name_scope('tf_hub_bert/encoder') with GELU
     written as tf.nn.gelu(approximate=False), weights behind Identity nodes."""
-    config = rg.tiny_config(LAYERS)
-    weights = rg.random_weights(config)
+    config = bt.tiny_bert_config(LAYERS)
+    weights = bt.random_bert_weights(config)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(modeling, "gelu", lambda x: tf.nn.gelu(x, approximate=False))
-        frozen = rg.scoped_frozen(config, weights, "sequence", 2, 8)
+        frozen = bt.scoped_frozen(config, weights, "sequence", 2, 8)
     assert not any(n.name.startswith(("bert/", "weights/")) for n in frozen.graph_def.node)
-    return rg.with_graph(frozen, rg.identity_wrapped(frozen.graph_def))
+    return bt.with_graph(frozen, bt.identity_wrapped(frozen.graph_def))
 
 
 @pytest.mark.parametrize("name", ["strip_unused", "fold_constants", "fused_attention",
                                   "fused_layernorm", "crude_gelu", "tanh_gelu"])
 def test_every_pass_finds_every_site_under_other_names(hub_like_graph, name):
     frozen = hub_like_graph
-    assert "Erfc" in rg.ops(frozen.graph_def)
-    _, report = _apply(frozen.graph_def, name, rg.protected(frozen))
+    assert "Erfc" in bt.ops(frozen.graph_def)
+    _, report = _apply(frozen.graph_def, name, bt.protected(frozen))
     if name in EXPECTED_SITES:
         assert report.sites == EXPECTED_SITES[name]
     else:
@@ -351,13 +369,13 @@ def test_every_pass_finds_every_site_under_other_names(hub_like_graph, name):
 
 def test_exact_pipeline_on_the_renamed_graph(hub_like_graph):
     frozen = hub_like_graph
-    feeds = rg.random_feeds(2, 8)
+    feeds = bt.random_bert_feeds(2, 8)
     result = rewrites.run(frozen.graph_def, ["strip_unused", "fold_constants", "fused_attention",
                                              "fused_layernorm"],
-                          protected_nodes=rg.protected(frozen), strict=True)
+                          protected_nodes=bt.protected(frozen), strict=True)
     assert [r.sites for r in result.reports][2:] == [LAYERS, 2 * LAYERS + 1]
-    got = rg.run(frozen, result.graph_def, feeds)["sequence_output"]
-    want = rg.run(frozen, frozen.graph_def, feeds)["sequence_output"]
+    got = bt.run(frozen, result.graph_def, feeds)["sequence_output"]
+    want = bt.run(frozen, frozen.graph_def, feeds)["sequence_output"]
     assert np.abs(got - want).max() <= EXACT
 
 
@@ -383,7 +401,7 @@ def test_tanh_gelu_keeps_the_form_grappler_fuses_into_the_matmul():
     def fn(x):
         return tf.identity(modeling.gelu(modeling.dense(x, kernel, bias)), name="out")
 
-    gd = rg.trace(fn, tf.TensorSpec([8, 16], tf.float32, name="x"))
+    gd = bt.trace(fn, tf.TensorSpec([8, 16], tf.float32, name="x"))
     feeds = {"x": rng.standard_normal((8, 16)).astype(np.float32)}
     before = _ops_that_ran(gd, feeds)
     if not any("GeluExact" in op for op in before):
