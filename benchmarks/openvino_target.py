@@ -44,7 +44,6 @@ from bertc.builder import pipeline as builder  # noqa: E402
 from bertc.builder.targets import openvino as target  # noqa: E402
 from bertc.runtime import openvino_runner  # noqa: E402
 from bertc.runtime import runner as runners  # noqa: E402
-from bertc.sources import google_checkpoint as checkpoint  # noqa: E402
 
 SEQ = 128
 BATCH = 4
@@ -159,10 +158,8 @@ def main():
     default_dtype = target.default_dtype()
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
-            ckpt_dir = throughput.checkpoint_for(name, workdir)
-            ckpt = checkpoint.load_checkpoint(ckpt_dir, checksums=False)
-            mrpc = padding_free.mrpc_batches(ckpt.vocab_file, BATCH, SEQ)[:args.batches]
-            full = padding_free.full_length(mrpc[:max(4, args.batches // 4)])
+            ckpt_dir, ckpt, mrpc, full = padding_free.traffic(name, workdir, BATCH, SEQ,
+                                                              args.batches)
             trimmed = [padding_free.trimmed(b) for b in mrpc]
             model = throughput.torch_model(ckpt)
             with torch.inference_mode():

@@ -52,6 +52,15 @@ def mrpc_batches(vocab_file, batch_size, seq_len, path=MRPC_DEV):
             for i in range(0, count, batch_size)]
 
 
+def traffic(name, workdir, batch_size, seq_len, batches):
+    """(checkpoint dir, Checkpoint, MRPC batches, full-length batches) of a model name
+    (throughput.checkpoint_for): what the benchmarks time their stacks on."""
+    ckpt_dir = throughput.checkpoint_for(name, workdir)
+    ckpt = checkpoint.load_checkpoint(ckpt_dir, checksums=False)
+    mrpc = mrpc_batches(ckpt.vocab_file, batch_size, seq_len)[:batches]
+    return ckpt_dir, ckpt, mrpc, full_length(mrpc[:max(4, batches // 4)])
+
+
 def trimmed(batch):
     """The batch padded only to its longest row (dynamic padding)."""
     longest = int(batch["input_mask"].sum(1).max())

@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from bertc.builder import pipeline as builder  # noqa: E402
-from bertc.sources import google_checkpoint as checkpoint
-from bertc.runtime import runner as runners
+from bertc.runtime import runner as runners  # noqa: E402
 import padding_free  # noqa: E402
 import throughput  # noqa: E402
 
@@ -39,10 +38,7 @@ def main():
     b, s = args.batch_size, args.seq_len
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
-            ckpt_dir = throughput.checkpoint_for(name, workdir)
-            ckpt = checkpoint.load_checkpoint(ckpt_dir, checksums=False)
-            mrpc = padding_free.mrpc_batches(ckpt.vocab_file, b, s)[:args.batches]
-            full = padding_free.full_length(mrpc[:max(4, args.batches // 4)])
+            ckpt_dir, _, mrpc, full = padding_free.traffic(name, workdir, b, s, args.batches)
             runs, opened = {}, []
             for label, internal in (("public ops", False), ("internal op", True)):
                 out = os.path.join(workdir, f"{name}_{'internal' if internal else 'public'}")
