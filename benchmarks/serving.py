@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -175,6 +176,8 @@ def start_server(artifact, parallel, delay_ms):
             break
         m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
         if m:
+            # keep reading its log: a full stderr pipe would block the server's writes
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc, m.group(1)
     proc.kill()
     raise RuntimeError(f"bertc serve did not start: {proc.stderr.read()}")
