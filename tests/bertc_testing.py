@@ -633,16 +633,22 @@ def run(frozen, graph_def, feeds) -> dict:
     return dict(zip(frozen.outputs, values))
 
 
-def served_partition_ops(frozen, graph_def, feeds, run_config=None) -> list:
-    """The ops of the partition graphs that a Session under `run_config` (a
-    bertc.runtime.runner.RunConfig, default served: Grappler on) runs."""
+def served_partition_nodes(graph_def, fetches, feed_dict, run_config=None) -> list:
+    """The NodeDefs of the partition graphs that a Session under `run_config` (a
+    bertc.runtime.runner.RunConfig, default served: Grappler on) runs for `fetches`."""
     from bertc.runtime import runner
     config = (run_config or runner.RunConfig(runner.SERVED)).session_config()
     metadata = tf.compat.v1.RunMetadata()
     with tf.compat.v1.Session(graph=_imported(graph_def), config=config) as session:
-        session.run(*_boundary(frozen, feeds), run_metadata=metadata,
+        session.run(fetches, feed_dict, run_metadata=metadata,
                     options=tf.compat.v1.RunOptions(output_partition_graphs=True))
-    return [n.op for p in metadata.partition_graphs for n in p.node]
+    return [n for p in metadata.partition_graphs for n in p.node]
+
+
+def served_partition_ops(frozen, graph_def, feeds, run_config=None) -> list:
+    """The op types served_partition_nodes runs for `frozen`'s boundary."""
+    return [n.op for n in served_partition_nodes(graph_def, *_boundary(frozen, feeds),
+                                                 run_config)]
 
 
 def _imported(graph_def) -> tf.Graph:

@@ -46,21 +46,14 @@ def _export_dir(artifact):
 def _served_ops(export_dir, feeds):
     """{op type: [node attrs]} of what the served Session runs after Grappler."""
     graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf1.import_graph_def(rewrites.attach_constants(graph_def, constants), name="")
-    config = runners.RunConfig(runners.SERVED, 1).session_config()
-    metadata = tf1.RunMetadata()
-    with tf1.Session(graph=graph, config=config) as session:
-        session.run([graph.get_tensor_by_name(o.name) for o in signature.outputs.values()],
-                    {graph.get_tensor_by_name(signature.inputs[n].name): v
-                     for n, v in feeds.items()},
-                    options=tf1.RunOptions(output_partition_graphs=True),
-                    run_metadata=metadata)
+    nodes = bt.served_partition_nodes(
+        rewrites.attach_constants(graph_def, constants),
+        [o.name for o in signature.outputs.values()],
+        {signature.inputs[n].name: v for n, v in feeds.items()},
+        runners.RunConfig(runners.SERVED, 1))
     ops = collections.defaultdict(list)
-    for partition in metadata.partition_graphs:
-        for node in partition.node:
-            ops[node.op].append(node.attr)
+    for node in nodes:
+        ops[node.op].append(node.attr)
     return ops
 
 
