@@ -13,6 +13,7 @@ changes (BUILD_NOTES.md, "Which figures depend on the CPU"):
   avx512_fp16   float16 arithmetic (--dtype float16 runs natively)
 """
 
+import functools
 import os
 import platform
 from typing import Dict, List
@@ -23,8 +24,10 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_i
 CPUINFO = "/proc/cpuinfo"
 
 
+@functools.lru_cache(maxsize=None)
 def _cpuinfo_fields(path: str = CPUINFO) -> Dict[str, str]:
-    """The first processor's 'key: value' lines of /proc/cpuinfo ({} elsewhere)."""
+    """The first processor's 'key: value' lines of /proc/cpuinfo ({} elsewhere), read
+    once per process (describe() and header() ask for the model and the flags)."""
     fields = {}
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
