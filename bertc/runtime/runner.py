@@ -110,6 +110,9 @@ class ServedSession:
         self._output_names[scope] = names
         self._fed[scope] = list(weights.values())
 
+    def output_names(self, scope: str):
+        return list(self._output_names[scope])
+
     def finalize(self) -> None:
         self._graph.finalize()
 
@@ -136,7 +139,7 @@ class SessionRunner:
 
     @property
     def output_names(self):
-        return list(self._session._output_names["graph"])
+        return self._session.output_names("graph")
 
     def __call__(self, feeds: dict) -> dict:
         return self._session.run("graph", [feeds[n] for n in self._input_names])
