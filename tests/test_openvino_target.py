@@ -247,3 +247,24 @@ def test_without_openvino_the_build_says_what_to_install(tiny_ckpt, tmp_path, mo
                                        ({"avx2": True, "avx512f": True}, "float32")])
 def test_default_precision_follows_the_cpu(isa, want):
     assert target.default_dtype(isa) == want
+
+
+def test_serve_on_an_openvino_artifact_logs_where_it_serves(ov_f32):
+    """Importing openvino takes absl's handler off the root logger; serve must still say
+    where it listens (the benchmarks and operators wait for that line)."""
+    import queue
+    import threading
+    proc = subprocess.Popen(bt.cli_command("serve", "--model", ov_f32, "--port", "0"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=bt.cli_env(), cwd=bt.REPO_ROOT)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr],
+                     daemon=True).start()
+    seen = []
+    try:
+        while not any("http://127.0.0.1:" in line for line in seen):
+            seen.append(lines.get(timeout=120))  # queue.Empty: no such line in 120 s
+        assert any("OpenVINO" in line for line in seen), "".join(seen)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

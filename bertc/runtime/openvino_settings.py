@@ -7,6 +7,7 @@ float16 -> f16); f32 compiles in ACCURACY mode, so no plugin-chosen lower
 precision runs anywhere.
 """
 
+import logging
 from typing import Optional
 
 from bertc.errors import BertcError
@@ -26,12 +27,22 @@ def precision(dtype: str) -> str:
 
 
 def load():
-    """The `openvino` module; BertcError naming the package when it is missing."""
+    """The `openvino` module; BertcError naming the package when it is missing.
+
+    Importing it (openvino.tools.ovc.logger) takes absl's handler off the root
+    logger, which left `bertc serve` on an OpenVINO artifact with no log at all
+    (not even its "serving ... on http://" line); the handlers are put back."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     try:
         import openvino
     except ImportError as exc:
         raise BertcError(f"`target` openvino: the openvino package is not installed "
                          f"({exc}); run: {INSTALL_HINT}") from None
+    finally:
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
     return openvino
 
 
