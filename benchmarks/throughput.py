@@ -128,12 +128,10 @@ def torch_runner(model):
     return run
 
 
-def onnxruntime_runner(model, config, batch, workdir):
-    """ONNX Runtime on the PyTorch model exported to ONNX and fused by its optimizer."""
-    import onnxruntime as ort
+def export_onnx(model, batch, path):
+    """The HF BertModel exported to ONNX (opset 17), batch and sequence dynamic;
+    outputs last_hidden_state [B, S, D] and pooler_output [B, D]."""
     import torch
-    from onnxruntime.transformers import optimizer
-    path = os.path.join(workdir, "model.onnx")
     inputs = tuple(torch.from_numpy(batch[k]).long()
                    for k in ("input_ids", "input_mask", "segment_ids"))
     class Wrapper(torch.nn.Module):
@@ -152,6 +150,15 @@ def onnxruntime_runner(model, config, batch, workdir):
                       dynamic_axes={n: {0: "batch", 1: "seq"} for n in
                                     ("input_ids", "attention_mask", "token_type_ids")},
                       opset_version=17, dynamo=False)
+    return path
+
+
+def onnxruntime_runner(model, config, batch, workdir):
+    """ONNX Runtime on the PyTorch model exported to ONNX and fused by its optimizer;
+    run(b) returns last_hidden_state."""
+    import onnxruntime as ort
+    from onnxruntime.transformers import optimizer
+    path = export_onnx(model, batch, os.path.join(workdir, "model.onnx"))
     optimized = optimizer.optimize_model(path, model_type="bert",
                                          num_heads=config.num_attention_heads,
                                          hidden_size=config.hidden_size)
@@ -163,9 +170,9 @@ def onnxruntime_runner(model, config, batch, workdir):
     session = ort.InferenceSession(opt_path, options, providers=["CPUExecutionProvider"])
 
     def run(b):
-        session.run(None, {"input_ids": b["input_ids"].astype(np.int64),
-                           "attention_mask": b["input_mask"].astype(np.int64),
-                           "token_type_ids": b["segment_ids"].astype(np.int64)})
+        return session.run(None, {"input_ids": b["input_ids"].astype(np.int64),
+                                  "attention_mask": b["input_mask"].astype(np.int64),
+                                  "token_type_ids": b["segment_ids"].astype(np.int64)})[0]
     return run, fused
 
 

@@ -84,7 +84,7 @@ flags.DEFINE_bool("crude_gelu", False, "GELU as x*sigmoid(1.702x) (the Neuron de
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"],
                   "Matmul/attention precision (mixed_precision pass; --target openvino: "
                   "OpenVINO's inference precision, by default bfloat16 where the CPU has "
-                  "AMX or AVX512-BF16, else float32).")
+                  "AMX-BF16, else float32).")
 flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
                   "LayerNorm too, as the Neuron demo.")
 flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")

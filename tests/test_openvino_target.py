@@ -243,7 +243,7 @@ def test_without_openvino_the_build_says_what_to_install(tiny_ckpt, tmp_path, mo
 
 
 @pytest.mark.parametrize("isa, want", [({"amx_bf16": True}, "bfloat16"),
-                                       ({"avx512_bf16": True}, "bfloat16"),
+                                       ({"avx512_bf16": True}, "float32"),  # measured slower
                                        ({"avx2": True, "avx512f": True}, "float32")])
 def test_default_precision_follows_the_cpu(isa, want):
     assert target.default_dtype(isa) == want
