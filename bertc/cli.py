@@ -70,8 +70,10 @@ flags.DEFINE_string("output", None, "build/convert: the directory to write (refu
                     "exists, unless --overwrite). Default for build: artifacts/<checkpoint name>.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
 # Model.
-flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding"],
-                  "Outputs to export. Default: classifier if the checkpoint has one, the "
+flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding", "span",
+                                 "squad"],
+                  "Outputs to export (span, alias squad: run_squad's start_logits and "
+                  "end_logits). Default: classifier or span if the checkpoint has one, the "
                   "checkpoint's own (embedding for sentence-transformers), else pooled.")
 flags.DEFINE_integer("batch_size", 4, "Static batch size of the artifact.", lower_bound=1)
 flags.DEFINE_list("seq_len", ["128"], "Static sequence length(s); several make buckets.")
