@@ -153,6 +153,8 @@ flags.DEFINE_bool("progress", False, "client: draw a progress bar on stderr even
 flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs "
                     "matplotlib).")
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
+flags.DEFINE_string("squad", None, "client: a SQuAD v1.1 JSON file; every question goes to "
+                    ":answer once (--clients at a time) and exact match / F1 are reported.")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -220,9 +222,10 @@ COMMANDS = {
     "client": Command(
         "ask a server about one sentence pair, or load-test it",
         "bertc client [--url URL] (--pair \"sentence a\" \"sentence b\" | [--tsv TSV] "
-        "[--clients N --cycle N])",
+        "[--clients N --cycle N] | --squad FILE.json)",
         (("server", ("url", "model_name", "request_timeout_s")),
          ("one request", ("pair",)),
+         ("question answering", ("squad",)),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
@@ -352,6 +355,9 @@ def cmd_serve(args):
 
 def cmd_client(args):
     from bertc.client import command
+    if FLAGS.squad:
+        _squad(args)
+        return
     pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
     if FLAGS.pair is not None:
         _ask_one_pair(command, pairs[0])
@@ -363,6 +369,20 @@ def cmd_client(args):
     print(json.dumps(summary, indent=2) if FLAGS.json else text)
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['requests']} requests succeeded")
+
+
+def _squad(args):
+    """`client --squad FILE`: SQuAD v1.1 exact match and F1 of a span-head server."""
+    from bertc.client import squad
+    _no_arguments("client", args, "--squad FILE.json")
+    for name in ("pair", "tsv", "cycle", "plot"):
+        if FLAGS[name].present:
+            raise BertcError(f"--{name}: not with --squad (which sends every question once)")
+    summary = squad.run(FLAGS.url, squad.read_squad(FLAGS.squad), clients=FLAGS.clients,
+                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s)
+    print(json.dumps(summary, indent=2) if FLAGS.json else squad.format_text(summary))
+    if not summary["ok"]:
+        raise CheckFailed(f"client: none of {summary['questions']} questions was answered")
 
 
 def _ask_one_pair(command, pair):

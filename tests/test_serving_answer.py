@@ -104,3 +104,31 @@ def test_answer_on_another_head_is_refused():
     from bertc.serving.validation import InputError
     with pytest.raises(InputError, match="head is 'embedding'.*span"):
         answer.parse_answer({"question": "q", "context": "c"}, 8, "embedding")
+
+
+def test_client_squad_reports_em_f1_and_latency(server, fixture, tmp_path):
+    """`bertc client --squad` against this server: gold = the pipeline's answers on four
+    one-window contexts and a wrong gold on a fifth: EM = F1 = 80 exactly."""
+    import bertc_testing as bt
+    short = [c for c in fixture["cases"] if len(c["windows"]) == 1][:5]
+    qas = []
+    for i, case in enumerate(short):
+        s, e = case["window_best"][0]["chars_words"]
+        gold = case["context"][s:e] if i < 4 else "zzzz qqqq"
+        qas.append({"context": case["context"], "qas": [
+            {"id": f"q{i}", "question": case["question"], "answers": [{"text": gold}]}]})
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t",
+                                                            "paragraphs": qas}]}))
+    proc = bt.run_cli("client", "--squad", str(path), "--url", server.url, "--clients", "2",
+                      "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["questions"] == 5 and summary["ok"] == 5 and summary["errors"] == 0
+    assert summary["exact_match"] == pytest.approx(80.0)
+    assert summary["f1"] == pytest.approx(80.0)
+    assert set(summary["latency_ms"]) == {"p50", "p90", "p99"}
+    assert summary["throughput_qps"] > 0
+    bad = bt.run_cli("client", "--squad", str(tmp_path / "none.json"), "--url", server.url)
+    assert bad.returncode != 0
+    bt.assert_one_error(bad, "--squad", "file not found")
