@@ -122,8 +122,12 @@ flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
                      "thread with its own Session over every bucket (2 x 1 thread was "
                      "fastest on 2 cores).", lower_bound=1)
-flags.DEFINE_integer("intra_op_threads", None, "serve: intra-op threads per replica "
-                     "(default: CPU cores / --parallel).", lower_bound=1)
+flags.DEFINE_integer("intra_op_threads", None, "serve/verify: intra-op threads per replica "
+                     "(default: CPU cores / --parallel; OpenVINO: threads per stream).",
+                     lower_bound=1)
+flags.DEFINE_integer("inter_op_threads", None, "serve/verify: TensorFlow inter-op threads "
+                     "per Session (default 1, as Intel's BF16 guide; verify on OpenVINO: "
+                     "its streams).", lower_bound=1)
 flags.DEFINE_float("max_batch_delay_ms", serving_defaults.MAX_BATCH_DELAY_MS, "serve: how "
                    "long the oldest request of a partial batch waits before the batch is "
                    "padded and run.", lower_bound=0.0)
@@ -198,7 +202,8 @@ COMMANDS = {
     "verify": Command(
         "compare an artifact with the unrewritten model of its checkpoint",
         "bertc verify ARTIFACT [flags]",
-        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),),
+        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),
+         ("threads", ("intra_op_threads", "inter_op_threads"))),
         ("bertc verify artifacts/minilm --per_pass",)),
     "inspect": Command(
         "show what the rewrites changed (artifact) or what a checkpoint holds",
@@ -216,7 +221,8 @@ COMMANDS = {
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold")),
          ("network", ("host", "port", "max_body_bytes", "max_instances")),
-         ("batching", ("parallel", "intra_op_threads", "max_batch_delay_ms", "max_queue"))),
+         ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
+                       "max_batch_delay_ms", "max_queue"))),
         ("bertc serve --model artifacts/minilm --port 8501",),
         log_level=logging.INFO),
     "client": Command(
@@ -305,7 +311,9 @@ def cmd_verify(args):
     from bertc.verify import artifact as verify_artifact
     artifact = _one_argument("verify", args, "ARTIFACT directory")
     report = verify_artifact.verify_artifact(artifact, data=FLAGS.verify_data,
-                                             rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass)
+                                             rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass,
+                                             intra_op_threads=FLAGS.intra_op_threads,
+                                             inter_op_threads=FLAGS.inter_op_threads)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
     else:
@@ -348,6 +356,7 @@ def cmd_serve(args):
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
         parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
+        inter_op_threads=FLAGS.inter_op_threads or 1,
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
         max_body_bytes=FLAGS.max_body_bytes, paraphrase_threshold=FLAGS.paraphrase_threshold))

@@ -184,6 +184,7 @@ async def _get_model(request: web.Request) -> web.Response:
                                             if art.head == "embedding" else None),
             "parallel": server.config.parallel,
             "intra_op_threads": server.config.threads_per_replica(),
+            "inter_op_threads": server.config.inter_op_threads,
             "max_batch_delay_ms": server.config.max_batch_delay_ms,
             "max_queue": server.config.max_queue,
             "max_instances": server.config.max_instances,
