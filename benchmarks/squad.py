@@ -26,7 +26,6 @@ Figures are sequences (windows) per second and the ratio to torch_bf16.
 
 import argparse
 import os
-import resource  # noqa: F401 - wait4's rusage
 import subprocess
 import sys
 import tempfile
@@ -62,19 +61,21 @@ def make_checkpoint(out: str, layers: int, seq: int) -> str:
 
 
 def timed_build(ckpt: str, out: str, batch: int, seq: int, dtype: str, target: str = "cpu"):
-    """(wall s, peak RSS bytes) of `bertc build` in a child process."""
-    cmd = [sys.executable, "-m", "bertc.cli", "build", "--ckpt", ckpt, "--output", out,
-           "--head", "span", "--batch_size", str(batch), "--seq_len", str(seq),
-           "--dtype", dtype, "--target", target, "--noverify"]
+    """(wall s, peak RSS bytes) of `bertc build` in a child process.  The peak is
+    /usr/bin/time's (GNU time, wait4 of a small parent): wait4 from this process would
+    count the RSS this process had when it forked (Linux copies the high-water mark)."""
+    cmd = ["/usr/bin/time", "-f", "maxrss_kib %M", sys.executable, "-m", "bertc.cli", "build",
+           "--ckpt", ckpt, "--output", out, "--head", "span", "--batch_size", str(batch),
+           "--seq_len", str(seq), "--dtype", dtype, "--target", target, "--noverify"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    if status != 0:
-        raise SystemExit(f"build failed ({status}):\n{err[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    err = proc.stderr.decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode}):\n{err[-2000:]}")
+    kib = int(err.rsplit("maxrss_kib", 1)[1].split()[0])
+    return wall, kib * 1024
 
 
 def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
