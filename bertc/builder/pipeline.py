@@ -102,7 +102,8 @@ def check_options(options: BuildOptions) -> None:
         raise BertcError(f"`dry_run`: only for a target that compiles (`target` neuron); "
                          f"got `target` {options.target}")
     features_lib.check_rows(options.verify_rows)
-    if options.head is not None and modeling.canonical_head(options.head) not in modeling.HEAD_OUTPUTS:
+    head = modeling.canonical_head(options.head)
+    if head is not None and head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"`head` {options.head}: expected one of "
                          f"{', '.join(modeling.HEAD_OUTPUTS)}")
 

@@ -121,7 +121,8 @@ async def _ask(session, endpoint: str, q: Question) -> tuple:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None, latency, f"HTTP {status}: body is not JSON"
     if status != 200:
-        return None, latency, f"HTTP {status}: {body.get('error') if isinstance(body, dict) else body}"
+        message = body.get("error") if isinstance(body, dict) else body
+        return None, latency, f"HTTP {status}: {message}"
     try:
         return body["predictions"][0]["answer"], latency, None
     except (KeyError, IndexError, TypeError):
