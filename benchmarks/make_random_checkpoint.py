@@ -23,11 +23,13 @@ SHAPES = {
 }
 
 
-def random_weights(config: BertConfig, seed: int = 0, num_labels=None) -> dict:
-    """N(0, 0.02) kernels and embeddings, ones/zeros for LayerNorm, as at initialisation."""
+def random_weights(config: BertConfig, seed: int = 0, num_labels=None, span=False) -> dict:
+    """N(0, 0.02) kernels and embeddings, ones/zeros for LayerNorm, as at initialisation;
+    span adds run_squad's head (cls/squad/output_weights [2, D], output_bias [2])."""
     rng = np.random.default_rng(seed)
     weights = {}
-    for name, shape in names.expected_shapes(config, num_labels=num_labels).items():
+    for name, shape in names.expected_shapes(config, num_labels=num_labels,
+                                             span=span).items():
         if name.endswith("gamma"):
             weights[name] = np.ones(shape, np.float32)
         elif name.endswith(("beta", "bias")):
@@ -42,11 +44,13 @@ def main():
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--num_labels", type=int, default=None)
+    parser.add_argument("--span", action="store_true", help="add run_squad's span head")
     args = parser.parse_args()
     vocab = os.path.join(defaults.minilm_hf_dir(), "vocab.txt")
     config = BertConfig(vocab_size=30522, **SHAPES[args.shape])
     prefix = checkpoint.write_checkpoint(args.output, config,
-                                         random_weights(config, num_labels=args.num_labels),
+                                         random_weights(config, num_labels=args.num_labels,
+                                                        span=args.span),
                                          vocab, hints={"do_lower_case": True})
     print(f"wrote {prefix} ({args.shape}: {config.num_hidden_layers} layers, hidden "
           f"{config.hidden_size})")

@@ -70,8 +70,10 @@ flags.DEFINE_string("output", None, "build/convert: the directory to write (refu
                     "exists, unless --overwrite). Default for build: artifacts/<checkpoint name>.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output directory.")
 # Model.
-flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding"],
-                  "Outputs to export. Default: classifier if the checkpoint has one, the "
+flags.DEFINE_enum("head", None, ["sequence", "pooled", "classifier", "embedding", "span",
+                                 "squad"],
+                  "Outputs to export (span, alias squad: run_squad's start_logits and "
+                  "end_logits). Default: classifier or span if the checkpoint has one, the "
                   "checkpoint's own (embedding for sentence-transformers), else pooled.")
 flags.DEFINE_integer("batch_size", 4, "Static batch size of the artifact.", lower_bound=1)
 flags.DEFINE_list("seq_len", ["128"], "Static sequence length(s); several make buckets.")
@@ -120,8 +122,12 @@ flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
                      "thread with its own Session over every bucket (2 x 1 thread was "
                      "fastest on 2 cores).", lower_bound=1)
-flags.DEFINE_integer("intra_op_threads", None, "serve: intra-op threads per replica "
-                     "(default: CPU cores / --parallel).", lower_bound=1)
+flags.DEFINE_integer("intra_op_threads", None, "serve/verify: intra-op threads per replica "
+                     "(default: CPU cores / --parallel; OpenVINO: threads per stream).",
+                     lower_bound=1)
+flags.DEFINE_integer("inter_op_threads", None, "serve/verify: TensorFlow inter-op threads "
+                     "per Session (default 1, as Intel's BF16 guide; verify on OpenVINO: "
+                     "its streams).", lower_bound=1)
 flags.DEFINE_float("max_batch_delay_ms", serving_defaults.MAX_BATCH_DELAY_MS, "serve: how "
                    "long the oldest request of a partial batch waits before the batch is "
                    "padded and run.", lower_bound=0.0)
@@ -151,6 +157,8 @@ flags.DEFINE_bool("progress", False, "client: draw a progress bar on stderr even
 flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs "
                     "matplotlib).")
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
+flags.DEFINE_string("squad", None, "client: a SQuAD v1.1 JSON file; every question goes to "
+                    ":answer once (--clients at a time) and exact match / F1 are reported.")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -194,7 +202,8 @@ COMMANDS = {
     "verify": Command(
         "compare an artifact with the unrewritten model of its checkpoint",
         "bertc verify ARTIFACT [flags]",
-        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),),
+        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),
+         ("threads", ("intra_op_threads", "inter_op_threads"))),
         ("bertc verify artifacts/minilm --per_pass",)),
     "inspect": Command(
         "show what the rewrites changed (artifact) or what a checkpoint holds",
@@ -212,15 +221,17 @@ COMMANDS = {
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold")),
          ("network", ("host", "port", "max_body_bytes", "max_instances")),
-         ("batching", ("parallel", "intra_op_threads", "max_batch_delay_ms", "max_queue"))),
+         ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
+                       "max_batch_delay_ms", "max_queue"))),
         ("bertc serve --model artifacts/minilm --port 8501",),
         log_level=logging.INFO),
     "client": Command(
         "ask a server about one sentence pair, or load-test it",
         "bertc client [--url URL] (--pair \"sentence a\" \"sentence b\" | [--tsv TSV] "
-        "[--clients N --cycle N])",
+        "[--clients N --cycle N] | --squad FILE.json)",
         (("server", ("url", "model_name", "request_timeout_s")),
          ("one request", ("pair",)),
+         ("question answering", ("squad",)),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
@@ -300,7 +311,9 @@ def cmd_verify(args):
     from bertc.verify import artifact as verify_artifact
     artifact = _one_argument("verify", args, "ARTIFACT directory")
     report = verify_artifact.verify_artifact(artifact, data=FLAGS.verify_data,
-                                             rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass)
+                                             rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass,
+                                             intra_op_threads=FLAGS.intra_op_threads,
+                                             inter_op_threads=FLAGS.inter_op_threads)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
     else:
@@ -343,6 +356,7 @@ def cmd_serve(args):
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
         parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
+        inter_op_threads=FLAGS.inter_op_threads or 1,
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
         max_body_bytes=FLAGS.max_body_bytes, paraphrase_threshold=FLAGS.paraphrase_threshold))
@@ -350,6 +364,9 @@ def cmd_serve(args):
 
 def cmd_client(args):
     from bertc.client import command
+    if FLAGS.squad:
+        _squad(args)
+        return
     pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
     if FLAGS.pair is not None:
         _ask_one_pair(command, pairs[0])
@@ -361,6 +378,20 @@ def cmd_client(args):
     print(json.dumps(summary, indent=2) if FLAGS.json else text)
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['requests']} requests succeeded")
+
+
+def _squad(args):
+    """`client --squad FILE`: SQuAD v1.1 exact match and F1 of a span-head server."""
+    from bertc.client import squad
+    _no_arguments("client", args, "--squad FILE.json")
+    for name in ("pair", "tsv", "cycle", "plot"):
+        if FLAGS[name].present:
+            raise BertcError(f"--{name}: not with --squad (which sends every question once)")
+    summary = squad.run(FLAGS.url, squad.read_squad(FLAGS.squad), clients=FLAGS.clients,
+                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s)
+    print(json.dumps(summary, indent=2) if FLAGS.json else squad.format_text(summary))
+    if not summary["ok"]:
+        raise CheckFailed(f"client: none of {summary['questions']} questions was answered")
 
 
 def _ask_one_pair(command, pair):

@@ -102,7 +102,8 @@ def check_options(options: BuildOptions) -> None:
         raise BertcError(f"`dry_run`: only for a target that compiles (`target` neuron); "
                          f"got `target` {options.target}")
     features_lib.check_rows(options.verify_rows)
-    if options.head is not None and options.head not in modeling.HEAD_OUTPUTS:
+    head = modeling.canonical_head(options.head)
+    if head is not None and head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"`head` {options.head}: expected one of "
                          f"{', '.join(modeling.HEAD_OUTPUTS)}")
 
@@ -186,7 +187,8 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     with log.stage("read"):
         ckpt = load.load_source(**source_of(options))
         config = ckpt.config
-        head = options.head or modeling.default_head(ckpt.weights, ckpt.hints)
+        head = (modeling.canonical_head(options.head)
+                or modeling.default_head(ckpt.weights, ckpt.hints))
         passes = rewriting.for_head(passes, head, options.rewrites)
         if options.target == "openvino":
             from bertc.builder.targets import openvino

@@ -30,7 +30,10 @@ HEAD_OUTPUTS = {
     "pooled": ("pooled_output",),
     "classifier": ("logits", "probabilities"),
     "embedding": ("embedding",),
+    "span": ("start_logits", "end_logits"),
 }
+#: Other spellings of a head (run_squad's name for the span head).
+HEAD_ALIASES = {"squad": "span"}
 INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
 
 
@@ -153,6 +156,21 @@ def classifier(w: Mapping, pooled):
     return logits, tf.nn.softmax(logits)
 
 
+def span_logits(w: Mapping, sequence_output):
+    """run_squad's head: logits = h . W^T + b, unstacked into start and end.
+
+    sequence_output: [B, S, D];  W: cls/squad/output_weights [2, D], b [2].
+    Returns start_logits, end_logits [B, S].
+    """
+    batch, seq, hidden = sequence_output.shape
+    rows = tf.reshape(sequence_output, [batch * seq, hidden])             # [T, D]
+    logits = tf.matmul(rows, w[names.SPAN_WEIGHTS], transpose_b=True)
+    logits = tf.nn.bias_add(logits, w[names.SPAN_BIAS])                   # [T, 2]
+    logits = tf.transpose(tf.reshape(logits, [batch, seq, 2]), [2, 0, 1])  # [2, B, S]
+    start, end = tf.unstack(logits, axis=0)
+    return start, end
+
+
 def mean_pool_normalize(sequence_output, input_mask):
     """sentence-transformers' mean pooling over real tokens, then L2 normalisation.
 
@@ -189,6 +207,9 @@ def encoder_outputs(w: Mapping, config, head: str, input_ids, input_mask, segmen
         return {"sequence_output": sequence_output}
     if head == "embedding":
         return {"embedding": mean_pool_normalize(sequence_output, input_mask)}
+    if head == "span":
+        start, end = span_logits(w, sequence_output)
+        return {"start_logits": start, "end_logits": end}
     pooled = pooler(w, sequence_output)                                    # [B, D]
     if head == "pooled":
         return {"pooled_output": pooled}
@@ -237,8 +258,10 @@ WEIGHT_SCOPE = "weights/"
 
 
 def available_heads(weights: Mapping):
-    """Heads the weights support: pooler and classifier need their tensors."""
+    """Heads the weights support: pooler, classifier and span need their tensors."""
     heads = ["sequence", "embedding"]
+    if names.SPAN_WEIGHTS in weights:
+        heads.append("span")
     if names.POOLER_KERNEL in weights:
         heads.append("pooled")
         if names.CLASSIFIER_WEIGHTS in weights:
@@ -246,21 +269,29 @@ def available_heads(weights: Mapping):
     return heads
 
 
+def canonical_head(head):
+    """The head's own name (`squad` -> `span`); None stays None."""
+    return HEAD_ALIASES.get(head, head)
+
+
 def check_head(head: str, weights: Mapping) -> None:
     if head not in HEAD_OUTPUTS:
         raise BertcError(f"`head` {head!r}: expected one of {', '.join(HEAD_OUTPUTS)}")
     if head not in available_heads(weights):
-        needed = names.CLASSIFIER_WEIGHTS if head == "classifier" else names.POOLER_KERNEL
+        needed = {"classifier": names.CLASSIFIER_WEIGHTS,
+                  "span": names.SPAN_WEIGHTS}.get(head, names.POOLER_KERNEL)
         raise BertcError(f"`head` {head}: the checkpoint has no '{needed}'; expected one of "
                          f"{', '.join(available_heads(weights))} for this checkpoint")
 
 
 def default_head(weights: Mapping, hints: Mapping = None) -> str:
-    """classifier if the checkpoint has one, else what bertc_hints.json says,
-    else pooled (Google's pre-trained checkpoints), else sequence."""
+    """classifier or span (run_squad) if the checkpoint has one, else what
+    bertc_hints.json says, else pooled (Google's pre-trained checkpoints), else sequence."""
     heads = available_heads(weights)
     if "classifier" in heads:
         return "classifier"
+    if "span" in heads:
+        return "span"
     hinted = (hints or {}).get("head")
     if hinted in heads:
         return hinted

@@ -4,8 +4,10 @@ Every tensor bertc reads or writes is named here, once, as in google-research/be
 (`bert/encoder/layer_3/attention/self/query/kernel`, ...). Dense kernels are
 [in, out] (TensorFlow layout), LayerNorm scales are `gamma` and offsets `beta`.
 A run_classifier checkpoint adds `output_weights` [num_labels, D] and
-`output_bias` [num_labels]; pre-training heads (`cls/...`), optimizer slots
-(`.../adam_m`, `.../adam_v`) and `global_step` are ignored.
+`output_bias` [num_labels]; a run_squad checkpoint adds `cls/squad/output_weights`
+[2, D] and `cls/squad/output_bias` [2] (start and end rows). Pre-training heads
+(the rest of `cls/...`), optimizer slots (`.../adam_m`, `.../adam_v`) and
+`global_step` are ignored.
 """
 
 from typing import Dict, Optional, Tuple
@@ -19,6 +21,8 @@ POOLER_KERNEL = "bert/pooler/dense/kernel"
 POOLER_BIAS = "bert/pooler/dense/bias"
 CLASSIFIER_WEIGHTS = "output_weights"
 CLASSIFIER_BIAS = "output_bias"
+SPAN_WEIGHTS = "cls/squad/output_weights"
+SPAN_BIAS = "cls/squad/output_bias"
 
 # Per-layer tensors: suffix -> shape in terms of D (hidden) and I (intermediate).
 _LAYER_TENSORS = {
@@ -52,19 +56,24 @@ def layer(index: int, suffix: str) -> str:
 
 
 def is_ignored(name: str) -> bool:
-    """True for tensors that never affect inference (pre-training heads, optimizer state)."""
+    """True for tensors that never affect inference (pre-training heads, optimizer state);
+    run_squad's `cls/squad/*` head is kept."""
+    if name in (SPAN_WEIGHTS, SPAN_BIAS):
+        return False
     return (name.startswith(_IGNORED_PREFIXES) or name in _IGNORED_NAMES
             or name.endswith(_IGNORED_SUFFIXES))
 
 
 def expected_shapes(config, with_pooler: bool = True,
-                    num_labels: Optional[int] = None) -> Dict[str, Tuple[int, ...]]:
+                    num_labels: Optional[int] = None,
+                    span: bool = False) -> Dict[str, Tuple[int, ...]]:
     """Every tensor an encoder of `config` needs, with its shape.
 
     Args:
       config: a BertConfig.
       with_pooler: include `bert/pooler/dense/*` ([D, D] and [D]).
       num_labels: include the run_classifier head with this many labels.
+      span: include run_squad's head ([2, D] and [2]).
     """
     d, i = config.hidden_size, config.intermediate_size
     sizes = {"D": d, "I": i}
@@ -84,4 +93,7 @@ def expected_shapes(config, with_pooler: bool = True,
     if num_labels is not None:
         shapes[CLASSIFIER_WEIGHTS] = (num_labels, d)
         shapes[CLASSIFIER_BIAS] = (num_labels,)
+    if span:
+        shapes[SPAN_WEIGHTS] = (2, d)
+        shapes[SPAN_BIAS] = (2,)
     return shapes

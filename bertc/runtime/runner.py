@@ -5,8 +5,9 @@ Two ways to run the same GraphDef, and nothing else anywhere in bertc:
   served       what `bertc serve`, verify's served check and the benchmarks run:
                the weights as Const nodes in the graph, Grappler's default
                optimizers on (constant folding, the oneDNN remapper that fuses
-               MatMul + BiasAdd and turns LayerNorm into _MklLayerNorm, ...), one
-               inter-op thread, `intra_op_threads` threads of the Session's own
+               MatMul + BiasAdd and turns LayerNorm into _MklLayerNorm, ...),
+               `inter_op_threads` (default 1, as Intel's BF16 BERT guide sets it)
+               and `intra_op_threads` threads of the Session's own
                (SERVED_CONFIG below).  Several buckets share one Session, each under
                its scope seq_<S>/ (`ServedSession`).
   as_written   the graph exactly as its ops say: Grappler's meta-optimizer off,
@@ -40,12 +41,14 @@ AS_WRITTEN = "as_written"
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """How a Session runs: `mode` SERVED or AS_WRITTEN and, served, its threads.
+    """How a Session runs: `mode` SERVED or AS_WRITTEN and, served, its threads
+    (TensorFlow's intra_op_parallelism_threads and inter_op_parallelism_threads).
     `proto`, a ConfigProto, replaces the served session config altogether (the
     runtime sweep of benchmarks/ times other Grappler and thread settings)."""
 
     mode: str = SERVED
     intra_op_threads: int = dataclasses.field(default_factory=default_intra_op_threads)
+    inter_op_threads: int = 1
     proto: Optional[object] = dataclasses.field(default=None, compare=False)
 
     def session_config(self) -> tf.compat.v1.ConfigProto:
@@ -56,7 +59,7 @@ class RunConfig:
             config.graph_options.rewrite_options.disable_meta_optimizer = True
             return config
         return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=self.intra_op_threads,
-                                        inter_op_parallelism_threads=1,
+                                        inter_op_parallelism_threads=self.inter_op_threads,
                                         use_per_session_threads=True)
 
     def describe(self) -> dict:
@@ -65,7 +68,8 @@ class RunConfig:
             return {"mode": self.mode, "grappler": False, "weights": "fed"}
         from bertc.runtime import tf_settings as tf_runtime
         return {"mode": self.mode, "grappler": True, "weights": "constants",
-                "intra_op_threads": self.intra_op_threads, "inter_op_threads": 1,
+                "intra_op_threads": self.intra_op_threads,
+                "inter_op_threads": self.inter_op_threads,
                 "onednn": tf_runtime.describe()}
 
 
@@ -173,14 +177,17 @@ def saved_model_runner(export_dir: str, config: RunConfig = RunConfig()) -> Sess
                          {n: i.name for n, i in signature.outputs.items()}, config, constants)
 
 
-def run_configs(intra_op_threads: Optional[int] = None) -> Dict[str, RunConfig]:
+def run_configs(intra_op_threads: Optional[int] = None,
+                inter_op_threads: Optional[int] = None) -> Dict[str, RunConfig]:
     """The two ways verify runs an artifact: {'served': ..., 'as_written': ...}."""
-    served = RunConfig(SERVED, intra_op_threads or default_intra_op_threads())
+    served = RunConfig(SERVED, intra_op_threads or default_intra_op_threads(),
+                       inter_op_threads or 1)
     return {SERVED: served, AS_WRITTEN: RunConfig(AS_WRITTEN)}
 
 
-def saved_model_runs(export_dir: str, intra_op_threads: Optional[int] = None) -> dict:
+def saved_model_runs(export_dir: str, intra_op_threads: Optional[int] = None,
+                     inter_op_threads: Optional[int] = None) -> dict:
     """{mode: (runner factory, description)} for verify: the SavedModel served,
     then as written."""
     return {name: (lambda c=config: saved_model_runner(export_dir, c), config.describe())
-            for name, config in run_configs(intra_op_threads).items()}
+            for name, config in run_configs(intra_op_threads, inter_op_threads).items()}

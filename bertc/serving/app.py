@@ -2,6 +2,7 @@
 
   POST /v1/models/<name>:predict            token ids in TF Serving format (predict.py)
   POST /v1/models/<name>:classify           text (classify.py)
+  POST /v1/models/<name>:answer             question + context, span head (answer.py)
   GET  /v1/models/<name>                    status, signature, batch, buckets, target
   GET  /ping                                200 while serving, 503 while draining
   GET  /metrics                             Prometheus text
@@ -19,7 +20,7 @@ import time
 
 from aiohttp import web
 
-from bertc.serving import classify, predict
+from bertc.serving import answer, classify, predict
 from bertc.serving.batcher import BatcherClosed, QueueFull
 from bertc.serving.validation import InputError, parse_json
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 SERVER = web.AppKey("bertc_server", object)
 ROUTE = web.RequestKey("bertc_route", str)  # the metrics label of a request
 RETRY_AFTER_S = "1"
-_VERBS = ("predict", "classify")
+_VERBS = ("predict", "classify", "answer")
 
 
 def make_app(server) -> web.Application:
@@ -120,6 +121,8 @@ async def _post_model(request: web.Request) -> web.Response:
         results = await _infer(server, parsed.rows)
         return _json(predict.format_predict(results, parsed.columnar,
                                             server.artifact.outputs))
+    if verb == "answer":
+        return _json(await answer.handle(server, doc, _infer))
     instances = classify.parse_classify(doc, server.config.max_instances)
     planned = classify.encode_instances(instances, server.encoder, server.artifact.head)
     rows = [(r.seq_len, r.feeds) for inst_rows in planned for r in inst_rows]
@@ -181,6 +184,7 @@ async def _get_model(request: web.Request) -> web.Response:
                                             if art.head == "embedding" else None),
             "parallel": server.config.parallel,
             "intra_op_threads": server.config.threads_per_replica(),
+            "inter_op_threads": server.config.inter_op_threads,
             "max_batch_delay_ms": server.config.max_batch_delay_ms,
             "max_queue": server.config.max_queue,
             "max_instances": server.config.max_instances,

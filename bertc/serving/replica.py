@@ -8,6 +8,7 @@ callables are made once per bucket; a call releases the GIL while it runs.
 The worker loop takes batches from the Batcher until it is closed and drained.
 """
 
+import functools
 import logging
 import os
 import threading
@@ -26,12 +27,12 @@ class SessionModel:
     """All buckets of an artifact in one served Session (bertc.runners.ServedSession,
     the runner verify and the benchmarks use too): run(seq_len, [B, S] inputs) -> outputs."""
 
-    def __init__(self, art, intra_op_threads: int):
+    def __init__(self, art, intra_op_threads: int, inter_op_threads: int = 1):
         from bertc.runtime import runner as runners
         from bertc.artifact import saved_model_reader
         self._input_names = list(art.inputs)
-        self._session = runners.ServedSession(runners.RunConfig(runners.SERVED,
-                                                                intra_op_threads))
+        self._session = runners.ServedSession(runners.RunConfig(
+            runners.SERVED, intra_op_threads, inter_op_threads))
         for seq_len in art.seq_lens:
             export_dir = art.saved_model_dir(seq_len)
             graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
@@ -61,20 +62,20 @@ class SessionModel:
         self._session.close()
 
 
-def load_model(art, intra_op_threads: int) -> SessionModel:
-    model = SessionModel(art, intra_op_threads)
+def load_model(art, intra_op_threads: int, inter_op_threads: int = 1) -> SessionModel:
+    model = SessionModel(art, intra_op_threads, inter_op_threads)
     model.warm_up(art.seq_lens)
     return model
 
 
-def model_factory(art, parallel: int):
+def model_factory(art, parallel: int, inter_op_threads: int = 1):
     """What loads a replica's model: (art, threads) -> model. OpenVINO artifacts
     share one compiled model per bucket with `parallel` streams
     (bertc.serving.openvino_model); others get a Session each."""
     if art.target == "openvino":
         from bertc.serving import openvino_model
         return openvino_model.factory(art, parallel)
-    return load_model
+    return functools.partial(load_model, inter_op_threads=inter_op_threads)
 
 
 class Replica(threading.Thread):

@@ -45,6 +45,7 @@ class ServerConfig:
     port: int = defaults.PORT
     parallel: int = defaults.PARALLEL
     intra_op_threads: Optional[int] = None  # per replica; default cores // parallel
+    inter_op_threads: int = 1               # per replica's Session (TensorFlow)
     max_batch_delay_ms: float = defaults.MAX_BATCH_DELAY_MS
     max_queue: int = defaults.MAX_QUEUE
     max_instances: int = defaults.MAX_INSTANCES
@@ -55,6 +56,7 @@ class ServerConfig:
 
     def check(self) -> None:
         positive = {"parallel": self.parallel, "max_queue": self.max_queue,
+                    "inter_op_threads": self.inter_op_threads,
                     "max_instances": self.max_instances,
                     "max_body_bytes": self.max_body_bytes}
         for flag, value in positive.items():
@@ -104,7 +106,8 @@ class Server:
         self.window = metrics_lib.TrafficWindow()
         self.encoder = TextEncoder(self.artifact)
         self.draining = False
-        factory = model_factory or replica_lib.model_factory(self.artifact, config.parallel)
+        factory = model_factory or replica_lib.model_factory(self.artifact, config.parallel,
+                                                             config.inter_op_threads)
         threads = config.threads_per_replica()
         start = time.monotonic()
         models = [factory(self.artifact, threads) for _ in range(config.parallel)]

@@ -13,6 +13,7 @@ mean-pooling module) are recorded in `bertc_hints.json` as the `embedding` head.
   [bert.]encoder.layer.3.attention.self.query.weight  bert/encoder/layer_3/attention/self/query/kernel (transposed)
   [bert.]pooler.dense.weight|bias                 bert/pooler/dense/kernel|bias
   classifier.weight|bias                          output_weights|output_bias (run_classifier layout, not transposed)
+  qa_outputs.weight|bias                          cls/squad/output_weights|output_bias (run_squad layout [2, D], not transposed)
 """
 
 import json
@@ -61,6 +62,10 @@ def google_name(hf_name: str):
         return names.CLASSIFIER_WEIGHTS, False
     if name == "classifier.bias":
         return names.CLASSIFIER_BIAS, False
+    if name == "qa_outputs.weight":
+        return names.SPAN_WEIGHTS, False
+    if name == "qa_outputs.bias":
+        return names.SPAN_BIAS, False
     m = _LAYER.match(name)
     if m:
         index, module, kind = m.groups()

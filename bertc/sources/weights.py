@@ -21,6 +21,17 @@ def has_pooler(weights: WeightMap) -> bool:
     return names.POOLER_KERNEL in weights and names.POOLER_BIAS in weights
 
 
+def has_span(weights: WeightMap, source: str = "checkpoint") -> bool:
+    """True when the checkpoint holds run_squad's span head (both tensors)."""
+    has_w, has_b = names.SPAN_WEIGHTS in weights, names.SPAN_BIAS in weights
+    if has_w != has_b:
+        present, absent = ((names.SPAN_WEIGHTS, names.SPAN_BIAS) if has_w
+                           else (names.SPAN_BIAS, names.SPAN_WEIGHTS))
+        raise BertcError(f"{source}: has '{present}' but not '{absent}'; expected both "
+                         "(run_squad head) or neither")
+    return has_w
+
+
 def num_labels(weights: WeightMap, source: str = "checkpoint"):
     """Labels of the run_classifier head, or None when the checkpoint has none."""
     has_w = names.CLASSIFIER_WEIGHTS in weights
@@ -46,7 +57,8 @@ def validate(weights: WeightMap, config, source: str = "checkpoint",
       vocab_size: entries in vocab.txt, checked against the embedding rows.
     """
     expected = names.expected_shapes(config, with_pooler=has_pooler(weights),
-                                     num_labels=num_labels(weights, source))
+                                     num_labels=num_labels(weights, source),
+                                     span=has_span(weights, source))
     for name, shape in expected.items():
         if name not in weights:
             raise BertcError(f"{source}: missing tensor '{name}'; expected shape "

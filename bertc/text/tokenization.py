@@ -187,6 +187,12 @@ class WordPieceTokenizer:
         """WordPieces of `text` (no special tokens)."""
         return self._tokenizer.encode(_check_text(text), add_special_tokens=False).tokens
 
+    def encode_with_offsets(self, text: str):
+        """The `tokenizers` Encoding of `text` without special tokens: `.ids`,
+        `.offsets` (character [start, end) of each token in `text`, through the
+        normalizer's alignment), `.word_ids` and `.word_to_chars`."""
+        return self._tokenizer.encode(_check_text(text), add_special_tokens=False)
+
     def _ids(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []

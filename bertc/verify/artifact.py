@@ -33,13 +33,21 @@ def check_checksums(doc: dict) -> None:
 
 
 def verify_artifact(artifact: str, data: str = None, rows: int = None, thresholds: dict = None,
-                    seq_lens=None, random_rows: int = 32, per_pass: bool = False) -> dict:
+                    seq_lens=None, random_rows: int = 32, per_pass: bool = False,
+                    intra_op_threads: int = None, inter_op_threads: int = None) -> dict:
     """Verifies every (or the given) sequence length of an artifact.
+
+    intra_op_threads / inter_op_threads: the served run's threads (default: serve's);
+    each run's settings are recorded in the report (`runs[name]['config']`).
 
     With per_pass, also applies the artifact's passes one prefix at a time to the
     reference and reports the error after each (see bertc.verify.per_pass).
     Returns {'passed': bool, 'per_seq_len': {S: report}, 'per_pass': {S: rows}}.
     """
+    for flag, value in (("intra_op_threads", intra_op_threads),
+                        ("inter_op_threads", inter_op_threads)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise BertcError(f"`{flag}` {value}: expected a positive integer")
     doc = manifest.read(artifact)
     check_checksums(doc)
     ckpt = load.load_source(**load.manifest_source(doc), checksums=False)
@@ -56,7 +64,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         features, source = features_lib.text_features(
             data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
         reports[str(seq_len)] = verify_lib.verify_runners(
-            verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32"),
+            verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32",
+                                      intra_op_threads, inter_op_threads),
             lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
             ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
             random_rows=random_rows, text_source=source)

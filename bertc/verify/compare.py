@@ -7,7 +7,10 @@ MRPC-format TSV or a plain text file, and (b) random ids with random valid masks
   max_rel   = max |a - r| / max |r|              (normwise)
   min_cos   = min over rows of cos(a_row, r_row)
   argmax    = fraction of rows whose argmax agrees (logits, probabilities)
-`sequence_output` is compared at real (mask = 1) positions only. Batches are
+`sequence_output`, `start_logits` and `end_logits` are compared at real (mask = 1)
+positions only (padding positions read 0 in both), and a span head also reports
+`answer`: the fraction of windows whose best span (bertc.text.question_answering
+.best_window_span over the real positions) is the same in both. Batches are
 filled to the static batch size with all-padding dummy rows, whose results are
 dropped, as a server does.
 
@@ -68,10 +71,15 @@ def random_features(rows: int, seq_len: int, vocab_size: int, type_vocab_size: i
     return {"input_ids": ids * mask, "input_mask": mask, "segment_ids": segments}
 
 
+SPAN_OUTPUTS = ("start_logits", "end_logits")
+
+
 def _compare(name: str, a: np.ndarray, r: np.ndarray, mask: np.ndarray) -> dict:
     if name == "sequence_output":
         keep = mask.astype(bool)
         a, r = a[keep], r[keep]                                 # [real tokens, D]
+    elif name in SPAN_OUTPUTS:
+        a, r = a * mask, r * mask                               # [rows, S], 0 at padding
     else:
         a, r = a.reshape(len(a), -1), r.reshape(len(r), -1)   # [rows, ...]
     diff = np.abs(a.astype(np.float64) - r.astype(np.float64))
@@ -110,7 +118,19 @@ def compare_results(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.nd
                              f"{', '.join(sorted(want[0]))}")
         report[name] = _compare(name, np.concatenate([g[name] for g in got]),
                                 np.concatenate([w[name] for w in want]), mask)
+    if all(n in want[0] for n in SPAN_OUTPUTS):
+        got_spans, want_spans = _best_span(got, mask), _best_span(want, mask)
+        report["end_logits"]["answer"] = float(np.mean([g == w for g, w
+                                                        in zip(got_spans, want_spans)]))
     return report
+
+
+def _best_span(outputs, mask) -> list:
+    """Each window's best (start, end) over its real positions."""
+    from bertc.text import question_answering as qa
+    start = np.concatenate([o["start_logits"] for o in outputs])
+    end = np.concatenate([o["end_logits"] for o in outputs])
+    return [qa.best_window_span(s, e, m) for s, e, m in zip(start, end, mask)]
 
 
 def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
@@ -178,7 +198,8 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                 logging.info("verify %s %-6s %-16s max_abs %.3g  max_rel %.3g  min_cos %.7f%s",
                              run_name, set_name, output, s["max_abs"], s["max_rel"],
                              s["min_cos"],
-                             f"  argmax {s['argmax']:.4f}" if "argmax" in s else "")
+                             f"  argmax {s['argmax']:.4f}" if "argmax" in s else
+                             f"  answer {s['answer']:.4f}" if "answer" in s else "")
         report["runs"][run_name] = {"config": description, "inputs": inputs}
     report["inputs"] = report["runs"][checked]["inputs"]
     report["passed"] = not report["failures"]
@@ -198,11 +219,16 @@ def format_report(report: dict) -> str:
     for run_name, run in runs.items():
         for set_name, entry in run["inputs"].items():
             for output, s in entry["outputs"].items():
-                arg = f"{s['argmax']:.4f}" if "argmax" in s else "-"
+                arg = (f"{s['argmax']:.4f}" if "argmax" in s else
+                       f"{s['answer']:.4f}" if "answer" in s else "-")
                 lines.append(f"  {run_name:<10} {set_name:<8} {output:<16} {s['max_abs']:>10.3g} "
                              f"{s['max_rel']:>10.3g} {s['min_cos']:>11.7f} {arg:>8}")
             lines[-1] += (f"   ({entry['rows']} rows"
                           f"{', ' + entry['source'] if entry['source'] else ''})")
+    if any("answer" in s for run in runs.values() for e in run["inputs"].values()
+           for s in e["outputs"].values()):
+        lines.append("  (end_logits' argmax column: answer agreement, the windows whose best "
+                     "span is the same as the reference's)")
     lines.append("verify: PASSED" if report["passed"] else
                  "verify: FAILED: " + "; ".join(report["failures"]))
     return "\n".join(lines)

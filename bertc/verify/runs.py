@@ -7,18 +7,30 @@
 """
 
 import os
+from typing import Optional
 
 from bertc.runtime import openvino_settings
 from bertc.runtime import runner as runners
 
 
-def artifact_runs(artifact_dir: str, entry: dict, dtype: str) -> dict:
-    """{run name: (runner factory, description)} for the manifest `entry` of a bucket."""
+def artifact_runs(artifact_dir: str, entry: dict, dtype: str,
+                  intra_op_threads: Optional[int] = None,
+                  inter_op_threads: Optional[int] = None) -> dict:
+    """{run name: (runner factory, description)} for the manifest `entry` of a bucket.
+
+    The threads: TensorFlow's Session settings of the served run; on OpenVINO,
+    inter_op_threads streams of intra_op_threads threads each (NUM_STREAMS,
+    INFERENCE_NUM_THREADS = their product); None: serve's defaults."""
     runs = {}
     if entry.get("openvino_path"):
         from bertc.runtime import openvino_runner
+        precision = openvino_settings.precision(dtype)
+        properties = None
+        if intra_op_threads or inter_op_threads:
+            properties = openvino_settings.served_properties(precision, inter_op_threads,
+                                                             intra_op_threads)
         runs.update(openvino_runner.openvino_runs(
-            os.path.join(artifact_dir, entry["openvino_path"]),
-            openvino_settings.precision(dtype)))
-    runs.update(runners.saved_model_runs(os.path.join(artifact_dir, entry["path"])))
+            os.path.join(artifact_dir, entry["openvino_path"]), precision, properties))
+    runs.update(runners.saved_model_runs(os.path.join(artifact_dir, entry["path"]),
+                                         intra_op_threads, inter_op_threads))
     return runs

@@ -1,0 +1,283 @@
+"""Question answering at the Intel BF16 guide's shape: BERT-Large, span head, seq 384.
+
+    python benchmarks/squad.py [--layers 24] [--batch 32] [--seq 384] [--rounds 1]
+        [--stacks bertc_f32,bertc_bf16,bertc_ov,torch_f32,torch_bf16,ov_default]
+        [--intra_op_threads N] [--inter_op_threads 1] [--build_only]
+
+A BERT-Large-shaped random checkpoint with run_squad's span head
+(make_random_checkpoint.py --span; --layers cuts the depth for a quick look) is built
+by `bertc build --head span` at [batch, seq] in float32 and bfloat16; each build runs
+in a child process, and its wall time and peak RSS (wait4's ru_maxrss) are printed
+beside the weights' size (targets: under 90 s and under 3x the weights).  Then, in
+this process, timed in turns (throughput.interleaved_rates: best pass of each):
+  bertc_f32 / bertc_bf16   the artifact's SavedModel, run as `bertc serve` runs it
+                           (runner.RunConfig served, the thread flags given here)
+  bertc_ov                 bertc build --target openvino (its IR, the CPU's default
+                           precision), compiled as serve compiles it, 1 stream
+  torch_f32 / torch_bf16   transformers' BertForQuestionAnswering on the same weights,
+                           fp32 and under torch.autocast("cpu", bfloat16)
+  ov_default               that PyTorch model converted by openvino.convert_model and
+                           compiled with no properties (OpenVINO's default precision)
+on two kinds of rows: `full` (every row 384 real tokens) and `squad` (windows of
+SQuAD-like traffic: a 100-300-word context of MRPC dev sentences and a question,
+cut by bertc.text.question_answering.windows, doc_stride 128; padded rows).
+Figures are sequences (windows) per second and the ratio to torch_bf16.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import throughput  # noqa: E402
+from make_random_checkpoint import SHAPES, random_weights  # noqa: E402
+from bertc.runtime import machine  # noqa: E402
+
+INPUTS = ("input_ids", "input_mask", "segment_ids")
+
+
+def make_checkpoint(out: str, layers: int, seq: int) -> str:
+    from bertc.model.config import BertConfig
+    from bertc.sources import embedded as defaults
+    from bertc.sources import google_checkpoint as checkpoint
+    shape = dict(SHAPES["large"], num_hidden_layers=layers)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=max(512, seq), **shape)
+    weights = random_weights(config, span=True)
+    rng = np.random.default_rng(1)  # a span head whose logits vary between tokens
+    weights["cls/squad/output_weights"] = rng.standard_normal((2, config.hidden_size)
+                                                              ).astype(np.float32)
+    checkpoint.write_checkpoint(out, config, weights,
+                                os.path.join(defaults.minilm_hf_dir(), "vocab.txt"),
+                                hints={"do_lower_case": True})
+    return out
+
+
+def timed_build(ckpt: str, out: str, batch: int, seq: int, dtype: str, target: str = "cpu"):
+    """(wall s, peak RSS bytes) of `bertc build` in a child process.  The peak is
+    /usr/bin/time's (GNU time, wait4 of a small parent): wait4 from this process would
+    count the RSS this process had when it forked (Linux copies the high-water mark)."""
+    cmd = ["/usr/bin/time", "-f", "maxrss_kib %M", sys.executable, "-m", "bertc.cli", "build",
+           "--ckpt", ckpt, "--output", out, "--head", "span", "--batch_size", str(batch),
+           "--seq_len", str(seq), "--dtype", dtype, "--target", target, "--noverify"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
+    wall = time.perf_counter() - start
+    err = proc.stderr.decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"build failed ({proc.returncode}):\n{err[-2000:]}")
+    kib = int(err.rsplit("maxrss_kib", 1)[1].split()[0])
+    return wall, kib * 1024
+
+
+def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
+    """`count` windows of SQuAD-like requests (contexts of 100-300 MRPC words)."""
+    from bertc.text import pairs as textdata
+    from bertc.text import question_answering as qa
+    from bertc.text.tokenization import WordPieceTokenizer
+    tok = WordPieceTokenizer.from_vocab_file(vocab, True)
+    sentences = [s for p in textdata.read_mrpc_tsv(textdata.default_mrpc_path())
+                 for s in (p.text_a, p.text_b)]
+    rng = np.random.default_rng(seed)
+    rows = {n: [] for n in INPUTS}
+    while len(rows["input_ids"]) < count:
+        words, start = [], int(rng.integers(0, len(sentences) - 40))
+        target = int(rng.integers(100, 301))
+        while len(words) < target:
+            words += sentences[start].split()
+            start += 1
+        question = "what " + " ".join(sentences[start].split()[:8]) + " ?"
+        win = qa.windows(tok, question, " ".join(words[:target]), seq)
+        for n in INPUTS:
+            rows[n].extend(win.features[n])
+    return {n: np.stack(v[:count]).astype(np.int32) for n, v in rows.items()}
+
+
+def full_rows(batch: int, seq: int) -> dict:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(batch, seq)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    segments = np.zeros((batch, seq), np.int32)
+    segments[:, 40:] = 1
+    return {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": segments}
+
+
+def torch_qa(ckpt):
+    import torch
+    import transformers
+    from bertc.sources import hf_convert
+    c = ckpt.config
+    model = transformers.BertForQuestionAnswering(transformers.BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=1e-12, hidden_act="gelu")).eval()
+    state = {}
+    for name in model.state_dict():
+        mapped = hf_convert.google_name(name)
+        if mapped is None or mapped[0] not in ckpt.weights:
+            continue
+        google, transpose = mapped
+        value = ckpt.weights[google]
+        state[name] = torch.from_numpy(np.ascontiguousarray(value.T if transpose else value))
+    missing, _ = model.load_state_dict(state, strict=False)
+    assert all(k.endswith("_ids") for k in missing), missing
+    return model
+
+
+def torch_fn(model, bf16: bool):
+    import torch
+
+    def run(b):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=torch.from_numpy(b["input_ids"]).long(),
+                        attention_mask=torch.from_numpy(b["input_mask"]).long(),
+                        token_type_ids=torch.from_numpy(b["segment_ids"]).long())
+        return out.start_logits.float().numpy(), out.end_logits.float().numpy()
+    return run
+
+
+def ov_default_fn(model, batch: int, seq: int):
+    import openvino as ov
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, qa_model):
+            super().__init__()
+            self.qa = qa_model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.qa(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    dummy = tuple(torch.ones((batch, seq), dtype=torch.long) for _ in range(3))
+    compiled = ov.Core().compile_model(ov.convert_model(Wrapper(model), example_input=dummy),
+                                       "CPU")
+    request = compiled.create_infer_request()
+
+    def run(b):
+        result = request.infer([b[k].astype(np.int64) for k in INPUTS])
+        return result[0], result[1]
+    return run
+
+
+def bertc_tf_fn(artifact: str, seq: int, intra: int, inter: int):
+    from bertc.runtime import runner as runners
+    run = runners.saved_model_runner(os.path.join(artifact, f"seq_{seq}", "1"),
+                                     runners.RunConfig(runners.SERVED, intra, inter))
+    return lambda b: (lambda o: (o["start_logits"], o["end_logits"]))(run(b))
+
+
+def bertc_ov_fn(artifact: str, seq: int, intra: int):
+    from bertc.runtime import openvino_runner, openvino_settings
+    from bertc.builder.targets import openvino as target
+    precision = openvino_settings.precision(target.default_dtype())
+    run = openvino_runner.ir_runner(
+        os.path.join(artifact, "openvino", f"seq_{seq}", "model.xml"),
+        openvino_settings.compile_properties(precision, 1, intra))
+    return lambda b: (lambda o: (o["start_logits"], o["end_logits"]))(run(b))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=384)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--stacks", default="bertc_f32,bertc_bf16,torch_f32,torch_bf16,"
+                                            "ov_default")
+    parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count())
+    parser.add_argument("--inter_op_threads", type=int, default=1)
+    parser.add_argument("--build_only", action="store_true")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    print(machine.header(), flush=True)
+    print(f"BERT-Large-shaped ({args.layers} of 24 layers), span head, batch {args.batch} x "
+          f"seq {args.seq}; intra_op_threads {args.intra_op_threads}, inter_op_threads "
+          f"{args.inter_op_threads}", flush=True)
+    work = args.workdir or tempfile.mkdtemp(prefix="bertc_squad_")
+    ckpt_dir = os.path.join(work, "ckpt")
+    if not os.path.isdir(ckpt_dir):
+        make_checkpoint(ckpt_dir, args.layers, args.seq)
+    weight_bytes = sum(os.path.getsize(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir)
+                       if ".data-" in f)
+    stacks = args.stacks.split(",")
+    builds = [("float32", "cpu")]
+    if "bertc_bf16" in stacks:
+        builds.append(("bfloat16", "cpu"))
+    if "bertc_ov" in stacks:
+        builds.append((None, "openvino"))
+    artifacts = {}
+    for dtype, target in builds:
+        out = os.path.join(work, f"art_{target}_{dtype}")
+        if not os.path.isdir(out):
+            from bertc.builder.targets import openvino as ov_target
+            wall, rss = timed_build(ckpt_dir, out, args.batch, args.seq,
+                                    dtype or ov_target.default_dtype(), target)
+            print(f"build {target} {dtype or 'default'}: {wall:.1f} s, peak RSS "
+                  f"{rss / 2**30:.2f} GiB = {rss / weight_bytes:.2f}x the weights "
+                  f"({weight_bytes / 2**30:.2f} GiB)", flush=True)
+        artifacts[(dtype, target)] = out
+    if args.build_only:
+        return
+    from bertc.sources import google_checkpoint as checkpoint
+    runs = {}
+    vocab = os.path.join(ckpt_dir, "vocab.txt")
+    traffic = {"full": full_rows(args.batch, args.seq),
+               "squad": squad_rows(vocab, args.seq, args.batch)}
+    real = traffic["squad"]["input_mask"].sum(1)
+    print(f"squad rows: {len(real)} windows, real tokens min {real.min()} median "
+          f"{int(np.median(real))} max {real.max()}", flush=True)
+    fns = {}
+    if "bertc_f32" in stacks:
+        fns["bertc_f32"] = bertc_tf_fn(artifacts[("float32", "cpu")], args.seq,
+                                       args.intra_op_threads, args.inter_op_threads)
+    if "bertc_bf16" in stacks:
+        fns["bertc_bf16"] = bertc_tf_fn(artifacts[("bfloat16", "cpu")], args.seq,
+                                        args.intra_op_threads, args.inter_op_threads)
+    if "bertc_ov" in stacks:
+        fns["bertc_ov"] = bertc_ov_fn(artifacts[(None, "openvino")], args.seq,
+                                      args.intra_op_threads)
+    if any(s.startswith(("torch", "ov_default")) for s in stacks):
+        import torch
+        torch.set_num_threads(args.intra_op_threads)
+        model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False))
+        if "torch_f32" in stacks:
+            fns["torch_f32"] = torch_fn(model, False)
+        if "torch_bf16" in stacks:
+            fns["torch_bf16"] = torch_fn(model, True)
+        if "ov_default" in stacks:
+            fns["ov_default"] = ov_default_fn(model, args.batch, args.seq)
+    reference = fns.get("torch_f32")
+    for kind, rows in traffic.items():
+        if reference is not None:
+            want = reference(rows)
+            for name, fn in fns.items():
+                got = fn(rows)
+                pad = np.where(rows["input_mask"] == 1, 0.0, -np.inf)  # real positions only
+                same = np.mean([np.argmax(g + pad, -1) == np.argmax(w + pad, -1)
+                                for g, w in zip(got, want)])
+                err = max(float(np.abs((g - w) * rows["input_mask"]).max())
+                          for g, w in zip(got, want))
+                print(f"{kind:<6} {name:<11} vs torch_f32: max abs {err:.3g} (real positions), "
+                      f"start/end argmax agreement {same:.3f}", flush=True)
+        runs = {name: (fn, [rows]) for name, fn in fns.items()}
+        rates = throughput.interleaved_rates(runs, args.rounds, 0.0)
+        base = rates.get("torch_bf16")
+        for name, rate in rates.items():
+            ratio = f"  {rate / base:.2f}x torch_bf16" if base else ""
+            print(f"{kind:<6} {name:<11} {rate:8.2f} sequences/s  "
+                  f"{1000 * args.batch / rate:9.0f} ms/batch{ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
