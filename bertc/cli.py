@@ -321,6 +321,9 @@ def cmd_verify(args):
         from bertc.verify import per_pass
         for seq_len, seq_report in report["per_seq_len"].items():
             print(verify.format_report(seq_report))
+            if seq_report.get("task"):
+                from bertc.verify import task_metric
+                print(task_metric.format_task(seq_report["task"]))
             if seq_len in report["per_pass"]:
                 print(per_pass.format_per_pass(report["per_pass"][seq_len], seq_len))
     if not report["passed"]:
