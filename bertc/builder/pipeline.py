@@ -298,7 +298,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                         source_of(options), head, options.batch_size, seq_len)),
                     options.batch_size, seq_len, features,
                     config.vocab_size, config.type_vocab_size, thresholds,
-                    text_source=source)
+                    text_source=source, checked_sets=("text",) if int8 else None)
     shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
     doc = manifest.make_manifest(
         options=options, source=ckpt.source, config=config, head=head,

@@ -71,7 +71,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         reports[str(seq_len)] = verify_lib.verify_runners(
             runs, lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len,
             features, ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
-            random_rows=random_rows, text_source=source)
+            random_rows=random_rows, text_source=source,
+            checked_sets=("text",) if held_out is not None else None)
         task_pairs = held_out  # int8 artifacts: the task metric beside fp32's
         if task_pairs:
             from bertc.verify import task_metric
