@@ -124,3 +124,26 @@ def test_a_bound_no_int8_model_meets_is_one_line_and_no_artifact(minilm_ckpt, tm
     assert "Traceback" not in result.stderr
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_task_scores_equal_scikit_learns():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from bertc.verify.task_metric import scores
+    rng = np.random.default_rng(0)
+    predicted, labels = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    got = scores(predicted, labels)
+    assert got["accuracy"] == pytest.approx(100 * sklearn_metrics.accuracy_score(labels,
+                                                                                 predicted))
+    assert got["f1"] == pytest.approx(100 * sklearn_metrics.f1_score(labels, predicted))
+
+
+def test_a_separate_calibration_file_drops_its_pairs_from_the_held_out_split(tmp_path):
+    from bertc.text import splits
+    path, pairs = _mrpc()
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("".join(f"{p.text_a}\t{p.text_b}\n" for p in pairs[10:20])
+                           + "A sentence of our own.\tAnd its pair.\n", encoding="utf-8")
+    cal, held, record = splits.split(path, str(calibration))
+    assert len(cal) == 11 and len(held) == len(pairs) - 10
+    assert not {(p.text_a, p.text_b) for p in cal} & {(p.text_a, p.text_b) for p in held}
+    assert splits.held_out_pairs(record) == held
