@@ -83,10 +83,20 @@ flags.DEFINE_enum("do_lower_case", "auto", ["auto", "true", "false"],
 flags.DEFINE_list("rewrites", [], "Extra graph rewrite passes, in order.")
 flags.DEFINE_bool("default_rewrites", True, "Start from the target's default passes.")
 flags.DEFINE_bool("crude_gelu", False, "GELU as x*sigmoid(1.702x) (the Neuron demo's flag).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"],
+flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16", "int8"],
                   "Matmul/attention precision (mixed_precision pass; --target openvino: "
                   "OpenVINO's inference precision, by default bfloat16 where the CPU has "
-                  "AMX-BF16, else float32).")
+                  "AMX-BF16, else float32; int8: NNCF post-training "
+                  "quantization, calibrated and bounded).")
+flags.DEFINE_string("calibration_data", None, "--dtype int8: MRPC TSV or text file to "
+                    "calibrate on. Default: the first --calibration_rows pairs of the "
+                    "verify text (verify uses the rest).")
+flags.DEFINE_integer("calibration_rows", None, "--dtype int8: calibration pairs (default "
+                     "100).", lower_bound=1)
+flags.DEFINE_float("max_cosine_loss", None, "--dtype int8: the int8 model's min cosine vs "
+                   "fp32 must be >= 1 - this (default 0.01).")
+flags.DEFINE_float("max_accuracy_drop", None, "--dtype int8: argmax agreement with fp32 "
+                   "must be >= 100 - this, in percent (classifier heads; default 1.0).")
 flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
                   "LayerNorm too, as the Neuron demo.")
 flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")
@@ -195,6 +205,8 @@ COMMANDS = {
          ("rewrites", ("rewrites", "default_rewrites", "crude_gelu", "dtype",
                        "aggressive_optimizations", "strict", "allow_internal_ops")),
          ("target", ("target", "compiler_args", "dry_run")),
+         ("int8", ("calibration_data", "calibration_rows", "max_cosine_loss",
+                   "max_accuracy_drop")),
          ("verify", ("verify", "verify_data", "verify_rows"))),
         ("bertc build --ckpt uncased_L-12_H-768_A-12 --crude_gelu --output artifacts/base",
          "bertc build --target neuron --dry_run --output artifacts/minilm_neuron",
@@ -287,7 +299,9 @@ def cmd_build(args):
         overwrite=FLAGS.overwrite, strict=FLAGS.strict,
         allow_internal_ops=FLAGS.allow_internal_ops, verify=FLAGS.verify,
         verify_data=FLAGS.verify_data, verify_rows=FLAGS.verify_rows,
-        do_lower_case=_lower_case())
+        do_lower_case=_lower_case(), calibration_data=FLAGS.calibration_data,
+        calibration_rows=FLAGS.calibration_rows, max_cosine_loss=FLAGS.max_cosine_loss,
+        max_accuracy_drop=FLAGS.max_accuracy_drop)
     try:
         result = builder.build(options)
     except builder.VerifyFailed as e:
@@ -320,6 +334,9 @@ def cmd_verify(args):
         from bertc.verify import per_pass
         for seq_len, seq_report in report["per_seq_len"].items():
             print(verify.format_report(seq_report))
+            if seq_report.get("task"):
+                from bertc.verify import task_metric
+                print(task_metric.format_task(seq_report["task"]))
             if seq_len in report["per_pass"]:
                 print(per_pass.format_per_pass(report["per_pass"][seq_len], seq_len))
     if not report["passed"]:

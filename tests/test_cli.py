@@ -74,7 +74,7 @@ def test_command_help_lists_only_its_flags(command):
 def test_command_help_shows_defaults_and_choices():
     out = bt.run_cli("build", "--help").stdout
     assert re.search(r"--batch_size=N +Static batch size of the artifact\. \(default: 4\)", out)
-    assert "--dtype={float32|float16|bfloat16}" in out and "(default: float32)" in out
+    assert "--dtype={float32|float16|bfloat16|int8}" in out and "(default: float32)" in out
     assert re.search(r"--\[no\]verify +verify the artifact", out)
 
 

@@ -34,10 +34,11 @@ def artifact(tmp_path_factory):
     return tiny_artifact(tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=["cpu", "openvino"])
+@pytest.fixture(scope="module", params=["cpu", "openvino", "openvino_int8"])
 def engine_artifact(request, tmp_path_factory):
-    """The tiny artifact for each engine: TensorFlow (cpu) and OpenVINO (its IR at the
-    CPU's default precision); the server and offline tests run on both."""
+    """The tiny artifact for each engine: TensorFlow (cpu), OpenVINO (its IR at the
+    CPU's default precision) and OpenVINO int8; the server and offline tests run on
+    each."""
     return tiny_artifact(tmp_path_factory, target=request.param)
 
 
@@ -354,7 +355,7 @@ def test_status_ping_and_metrics(server):
     assert status == 200
     assert body["model_version_status"][0]["state"] == "AVAILABLE"
     info = body["bertc"]
-    engine = "openvino" if server.server.artifact.path.endswith("_openvino") else "cpu"
+    engine = "openvino" if "_openvino" in server.server.artifact.path else "cpu"
     assert (info["batch_size"], info["seq_lens"], info["target"]) == (BATCH, [32, 64], engine)
     assert set(info["signature"]["inputs"]) == {"input_ids", "input_mask", "segment_ids"}
     assert info["signature"]["outputs"] == ["embedding"]

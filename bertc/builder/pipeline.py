@@ -75,6 +75,11 @@ class BuildOptions:
     verify_data: Optional[str] = None
     verify_rows: Optional[int] = None
     do_lower_case: Optional[bool] = None
+    # --dtype int8 (--target openvino): calibration text and the accuracy bound
+    calibration_data: Optional[str] = None
+    calibration_rows: Optional[int] = None
+    max_cosine_loss: Optional[float] = None
+    max_accuracy_drop: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -102,6 +107,16 @@ def check_options(options: BuildOptions) -> None:
         raise BertcError(f"`dry_run`: only for a target that compiles (`target` neuron); "
                          f"got `target` {options.target}")
     features_lib.check_rows(options.verify_rows)
+    if options.dtype == "int8":
+        if options.target != "openvino":
+            raise BertcError(f"`dtype` int8: only on `target` openvino; got `target` "
+                             f"{options.target}")
+        from bertc.builder.targets import openvino_int8
+        openvino_int8.check_options(options.max_cosine_loss, options.max_accuracy_drop)
+    elif any(v is not None for v in (options.calibration_data, options.calibration_rows,
+                                     options.max_cosine_loss, options.max_accuracy_drop)):
+        raise BertcError("`calibration_data` / `calibration_rows` / `max_cosine_loss` / "
+                         "`max_accuracy_drop`: only with `dtype` int8")
     head = modeling.canonical_head(options.head)
     if head is not None and head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"`head` {options.head}: expected one of "
@@ -141,6 +156,11 @@ def default_dtype(options: BuildOptions) -> str:
     return "float32"
 
 
+def graph_dtype(options: BuildOptions) -> str:
+    """The dtype the graph is rewritten for: int8 quantizes the fp32 IR afterwards."""
+    return "float32" if options.dtype == "int8" else options.dtype
+
+
 def source_dirs(options: BuildOptions) -> List[str]:
     """The directories the build reads its checkpoint from (an output may not touch them)."""
     source = options.ckpt or options.saved_model
@@ -165,7 +185,10 @@ def build(options: BuildOptions) -> BuildResult:
         from bertc.builder.targets import openvino
         openvino.precision(options.dtype)
         openvino.load()
-    passes = rewriting.resolve(options.rewrites, options.crude_gelu, options.dtype,
+        if options.dtype == "int8":
+            from bertc.builder.targets import openvino_int8
+            openvino_int8.load_nncf()
+    passes = rewriting.resolve(options.rewrites, options.crude_gelu, graph_dtype(options),
                                options.aggressive_optimizations, options.target,
                                options.default_rewrites, options.allow_internal_ops)
     log = StageLog()
@@ -209,13 +232,17 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     exact = rewriting.is_exact(passes) and (options.target != "openvino"
                                             or options.dtype == "float32")
     thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
+    int8 = None
     if options.target == "openvino":
         from bertc.builder.targets import openvino as openvino_target
         # OpenVINO's half inference precision is verified as mixed_precision is
         thresholds = rewriting.thresholds(
             list(passes) + (["mixed_precision"] if options.dtype != "float32" else []),
             verify_lib.EXACT)
-    pass_options = rewriting.pass_options(options.dtype, options.aggressive_optimizations,
+        if options.dtype == "int8":
+            int8 = _int8_plan(options, head, ckpt.vocab_file, lower)
+            thresholds = int8["thresholds"]
+    pass_options = rewriting.pass_options(graph_dtype(options), options.aggressive_optimizations,
                                           options.target)
     models, rewrite_reports, compile_calls, verify_reports = [], {}, [], {}
     for seq_len in sorted(options.seq_lens):
@@ -250,13 +277,22 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                 entry["neuron_path"] = call["new_model_dir_relative"]
             if options.target == "openvino":
                 call = openvino_target.compile_bucket(tmp, relative, seq_len, options.dtype)
+                if int8:
+                    with log.stage("quantize"):
+                        call["int8"] = _int8_quantize(tmp, call, int8, options.batch_size,
+                                                      seq_len)
                 compile_calls.append(call)
                 entry["openvino_path"] = call["ir"]
             models.append(entry)
         if options.verify:
             with log.stage("verify"):
-                features, source = features_lib.text_features(
-                    options.verify_data, ckpt.vocab_file, lower, seq_len, options.verify_rows)
+                if int8:  # the held-out split only
+                    features, source = int8["tokenize"](int8["held_out"], seq_len), \
+                        int8["split"]["held_out"]["path"]
+                else:
+                    features, source = features_lib.text_features(
+                        options.verify_data, ckpt.vocab_file, lower, seq_len,
+                        options.verify_rows)
                 verify_reports[str(seq_len)] = verify_lib.verify_runners(
                     verify_runs.artifact_runs(tmp, entry, options.dtype),
                     # read from disk again, alive only while it runs
@@ -264,7 +300,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                         source_of(options), head, options.batch_size, seq_len)),
                     options.batch_size, seq_len, features,
                     config.vocab_size, config.type_vocab_size, thresholds,
-                    text_source=source)
+                    text_source=source, checked_sets=("text",) if int8 else None)
     shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
     doc = manifest.make_manifest(
         options=options, source=ckpt.source, config=config, head=head,
@@ -275,6 +311,10 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     if options.target == "openvino":
         doc["target"]["openvino"] = openvino_target.target_record(
             options.dtype, dtype_source)
+        if int8:
+            doc["target"]["openvino"]["int8"] = {
+                "nncf": int8["nncf_version"], "bound": int8["bound"].__dict__,
+                "splits": int8["split"], "thresholds": int8["thresholds"]}
     failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
               if not r["passed"]]
     if failed:
@@ -286,6 +326,33 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         tmp, doc,
         artifact_name=os.path.basename(os.path.normpath(options.output)))
     return doc, verify_reports
+
+
+def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool) -> dict:
+    """The int8 build's bound, verify thresholds and text splits (bertc/text/splits.py)."""
+    from bertc.builder.targets import openvino_int8
+    from bertc.text import splits
+    from bertc.text import tokenization
+    bound = openvino_int8.bound_for(head, modeling.HEAD_OUTPUTS[head], options.max_cosine_loss,
+                                    options.max_accuracy_drop)
+    calibration, held_out, record = splits.split(options.verify_data, options.calibration_data,
+                                                 options.calibration_rows, options.verify_rows)
+    tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(vocab_file, lower)
+    logging.info("int8: bound %s; calibrating on %d pairs of %s, verify on %d held-out pairs",
+                 bound.describe(), len(calibration), record["calibration"]["path"],
+                 len(held_out))
+    return {"bound": bound, "thresholds": openvino_int8.thresholds(bound), "split": record,
+            "calibration": calibration, "held_out": held_out,
+            "nncf_version": openvino_int8.load_nncf().__version__,
+            "tokenize": lambda pairs, seq_len: tokenizer.encode_batch(
+                [(p.text_a, p.text_b) for p in pairs], seq_len)}
+
+
+def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: int) -> dict:
+    from bertc.builder.targets import openvino_int8
+    return openvino_int8.quantize_bucket(tmp, call, int8["tokenize"](int8["calibration"],
+                                                                     seq_len),
+                                         batch_size, int8["bound"])
 
 
 class VerifyFailed(CheckFailed):

@@ -15,8 +15,8 @@ from bertc.errors import BertcError
 #: The pinned release (requirements/runtime.txt).
 PIN = "openvino==2026.4.1"
 INSTALL_HINT = f"pip install {PIN}"
-#: --dtype -> OpenVINO's inference precision.
-PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+#: --dtype -> OpenVINO's inference precision (int8: the quantized IR's other ops in f32).
+PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
 
 
 def precision(dtype: str) -> str:

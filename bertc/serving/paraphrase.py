@@ -18,8 +18,10 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from bertc.text.pairs import DEFAULT_PARAPHRASE_THRESHOLD
+
 # all-MiniLM-L6-v2 on MRPC dev: see the module docstring.
-DEFAULT_THRESHOLD = 0.68
+DEFAULT_THRESHOLD = DEFAULT_PARAPHRASE_THRESHOLD
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -122,3 +122,18 @@ def read_pairs(path) -> list[Pair]:
         if lines and _looks_like_mrpc_header(lines[0].split("\t")):
             return read_mrpc_tsv(path)
     return read_text_file(path)
+
+
+#: all-MiniLM-L6-v2's paraphrase threshold on MRPC dev (cosine of the two sentence
+#: embeddings; how it was calibrated: bertc/serving/paraphrase.py).
+DEFAULT_PARAPHRASE_THRESHOLD = 0.68
+
+
+def paraphrase_threshold(manifest: dict) -> float:
+    """An embedding artifact's threshold: the manifest's `paraphrase_threshold` (at the
+    top or in its hints), else DEFAULT_PARAPHRASE_THRESHOLD; as `bertc serve` decides."""
+    for doc in (manifest, manifest.get("hints") or {}):
+        value = doc.get("paraphrase_threshold")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return DEFAULT_PARAPHRASE_THRESHOLD

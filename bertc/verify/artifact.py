@@ -8,6 +8,7 @@ build) unless given.
 
 import logging
 import os
+from typing import Optional
 
 from bertc import passes as rewriting
 from bertc.artifact import manifest
@@ -17,6 +18,8 @@ from bertc.runtime import runner as runners
 from bertc.sources import google_checkpoint as checkpoint
 from bertc.sources import load
 from bertc.text import features as features_lib
+from bertc.text import splits
+from bertc.text import tokenization
 from bertc.verify import compare as verify_lib
 from bertc.verify import runs as verify_runs
 
@@ -61,14 +64,33 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             continue
         reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len,
                                         detach=True)  # the model's arrays, not a copy
-        features, source = features_lib.text_features(
-            data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
+        tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(
+            vocab, doc["tokenizer"]["do_lower_case"])
+        held_out = None if data else held_out_split(doc)
+        if held_out is not None:  # an int8 artifact: only pairs it was not calibrated on
+            held_out = held_out[:rows] if rows else held_out
+            features = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held_out],
+                                              seq_len)
+            source = f"{split_record(doc)['held_out']['path']} (held-out split)"
+        else:
+            features, source = features_lib.text_features(
+                data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
+        runs = verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32",
+                                         intra_op_threads, inter_op_threads)
         reports[str(seq_len)] = verify_lib.verify_runners(
-            verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32",
-                                      intra_op_threads, inter_op_threads),
-            lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len, features,
-            ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
-            random_rows=random_rows, text_source=source)
+            runs, lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len,
+            features, ckpt.config.vocab_size, ckpt.config.type_vocab_size, thresholds,
+            random_rows=random_rows, text_source=source,
+            checked_sets=("text",) if held_out is not None else None)
+        task_pairs = held_out  # int8 artifacts: the task metric beside fp32's
+        if task_pairs:
+            from bertc.verify import task_metric
+            task = task_metric.task_report(
+                next(iter(runs.values()))[0], lambda: runners.graph_def_runner(reference),
+                doc, task_pairs, tokenizer, seq_len)
+            if task:
+                reports[str(seq_len)]["task"] = task
+                logging.info("verify %s", task_metric.format_task(task))
         if per_pass and doc["rewrites"]["requested"]:
             from bertc.verify import per_pass as per_pass_lib
             sets = verify_lib.input_sets(features, source, seq_len, ckpt.config.vocab_size,
@@ -87,6 +109,16 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
             "per_pass": pass_rows}
 
 
+def split_record(doc: dict) -> Optional[dict]:
+    """The calibration / held-out split an int8 artifact recorded; None otherwise."""
+    return (((doc.get("target") or {}).get("openvino") or {}).get("int8") or {}).get("splits")
+
+
+def held_out_split(doc: dict) -> Optional[list]:
+    record = split_record(doc)
+    return splits.held_out_pairs(record) if record else None
+
+
 def compiled_step(artifact: str, entry: dict, doc: dict):
     """(name, runner factory) of the target's compile, per_pass's last step; None on
     targets whose SavedModel is what runs."""
@@ -94,7 +126,9 @@ def compiled_step(artifact: str, entry: dict, doc: dict):
         return None
     runs = verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32")
     factory, _ = runs["openvino"]
-    return "openvino", factory
+    # int8: the fp32 compile is exact (verified at build), so this row is the
+    # quantization step's own error
+    return ("openvino int8" if doc["options"].get("dtype") == "int8" else "openvino"), factory
 
 
 def pass_options(doc: dict) -> dict:

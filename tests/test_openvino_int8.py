@@ -1,0 +1,149 @@
+"""`bertc build --target openvino --dtype int8`: NNCF quantization, bounded and proven.
+
+- MiniLM int8 meets the default bound (min cosine >= 0.99 vs fp32) on the held-out
+  MRPC pairs, checked against Hugging Face's fp32 BertModel, with the IR run in a
+  fresh process that imports only openvino and numpy; the manifest lists the
+  search's steps and the ops kept in f32.
+- Calibration and verify splits are disjoint, and their checksums are those of
+  the MRPC rows they name.
+- A bound no int8 model meets (cosine >= 0.99999) is one error line and no artifact.
+(`bertc serve` on an int8 IR: tests/test_serving.py runs every server test on it.)
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bertc_testing as bt
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+BATCH, SEQ, CALIBRATION, HELD_OUT = 4, 64, 64, 64
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(minilm_ckpt, tmp_path_factory):
+    import bertc
+    out = str(tmp_path_factory.mktemp("int8") / "minilm")
+    bertc.build(bertc.BuildOptions(output=out, ckpt=minilm_ckpt, batch_size=BATCH,
+                                   seq_lens=(SEQ,), target="openvino", dtype="int8",
+                                   calibration_rows=CALIBRATION, verify_rows=HELD_OUT))
+    return out
+
+
+def _manifest(artifact):
+    with open(os.path.join(artifact, "bertc.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _mrpc():
+    from bertc.text.pairs import default_mrpc_path, read_mrpc_tsv
+    path = default_mrpc_path()
+    if path is None:
+        pytest.skip("../shared/data/glue_mrpc_dev.tsv not found")
+    return path, read_mrpc_tsv(path)
+
+
+IR_SCRIPT = """
+import sys, numpy as np, openvino as ov
+xml, feeds, out = sys.argv[1:]
+data = np.load(feeds)
+compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+rows = [compiled({k: data[k][i:i + 4] for k in data.files})["embedding"]
+        for i in range(0, len(data["input_ids"]), 4)]
+np.save(out, np.concatenate(rows))
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "bertc", "nncf", "torch"))
+assert not bad, bad
+"""
+
+
+def test_int8_meets_its_bound_against_hugging_face_in_a_fresh_process(
+        int8_artifact, minilm_hf_dir, tmp_path):
+    import transformers
+    from bertc.text.tokenization import WordPieceTokenizer
+    _, pairs = _mrpc()
+    held = pairs[CALIBRATION:CALIBRATION + HELD_OUT]
+    tokenizer = WordPieceTokenizer.from_vocab_file(
+        os.path.join(int8_artifact, "vocab.txt"), do_lower_case=True)
+    feeds = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held], seq_len=SEQ)
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    xml = os.path.join(int8_artifact, "openvino", f"seq_{SEQ}", "model.xml")
+    subprocess.run([sys.executable, "-c", IR_SCRIPT, xml, str(tmp_path / "feeds.npz"),
+                    str(tmp_path / "out.npy")], check=True, timeout=300)
+    got = np.load(tmp_path / "out.npy")
+    model = transformers.BertModel.from_pretrained(minilm_hf_dir).eval()
+    hidden, _ = bt.hf_forward(model, feeds)
+    want = bt.mean_pool_normalize(hidden, feeds["input_mask"])
+    cosine = np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() >= 0.99, cosine.min()
+    assert cosine.min() < 0.99999  # it is int8, not a float model called int8
+    doc = _manifest(int8_artifact)
+    record = doc["target"]["compile"][0]["int8"]
+    assert record["quantizers"] > 0 and record["metric"] >= 0.99
+    assert record["steps"][0]["call"].startswith("nncf.quantize")
+    assert record["kept_in_f32"] == record["steps"][-1]["kept_in_f32"]  # listed, maybe []
+    report = doc["verify"]["per_seq_len"][str(SEQ)]
+    assert report["passed"] and report["inputs"]["text"]["rows"] == HELD_OUT
+    assert report["inputs"]["text"]["outputs"]["embedding"]["min_cos"] >= 0.99
+
+
+def test_calibration_and_verify_splits_are_disjoint_and_checksummed(int8_artifact):
+    path, pairs = _mrpc()
+    splits = _manifest(int8_artifact)["target"]["openvino"]["int8"]["splits"]
+    cal, held = splits["calibration"], splits["held_out"]
+    assert cal["rows"] == [0, CALIBRATION] and held["rows"] == [CALIBRATION,
+                                                                CALIBRATION + HELD_OUT]
+    assert cal["size"] == CALIBRATION and held["size"] == HELD_OUT
+
+    def digest(rows):
+        return hashlib.sha256("".join(f"{p.text_a}\t{p.text_b}\n" for p in rows)
+                              .encode()).hexdigest()
+
+    assert cal["sha256"] == digest(pairs[:CALIBRATION])
+    assert held["sha256"] == digest(pairs[CALIBRATION:CALIBRATION + HELD_OUT])
+    texts = {(p.text_a, p.text_b) for p in pairs[:CALIBRATION]}
+    assert not texts & {(p.text_a, p.text_b) for p in pairs[CALIBRATION:CALIBRATION + HELD_OUT]}
+
+
+def test_a_bound_no_int8_model_meets_is_one_line_and_no_artifact(minilm_ckpt, tmp_path):
+    out = tmp_path / "refused"
+    result = bt.run_cli("build", "--ckpt", minilm_ckpt, "--output", out, "--target",
+                        "openvino", "--dtype", "int8", "--calibration_rows", "8",
+                        "--max_cosine_loss", "0.00001", "--seq_len", "32", "--noverify",
+                        timeout=900)
+    assert result.returncode != 0
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error")
+              or "no int8 model meets" in ln]
+    assert any("--max_cosine_loss" in ln and "no int8 model meets" in ln for ln in errors), \
+        result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_task_scores_equal_scikit_learns():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from bertc.verify.task_metric import scores
+    rng = np.random.default_rng(0)
+    predicted, labels = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    got = scores(predicted, labels)
+    assert got["accuracy"] == pytest.approx(100 * sklearn_metrics.accuracy_score(labels,
+                                                                                 predicted))
+    assert got["f1"] == pytest.approx(100 * sklearn_metrics.f1_score(labels, predicted))
+
+
+def test_a_separate_calibration_file_drops_its_pairs_from_the_held_out_split(tmp_path):
+    from bertc.text import splits
+    path, pairs = _mrpc()
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("".join(f"{p.text_a}\t{p.text_b}\n" for p in pairs[10:20])
+                           + "A sentence of our own.\tAnd its pair.\n", encoding="utf-8")
+    cal, held, record = splits.split(path, str(calibration))
+    assert len(cal) == 11 and len(held) == len(pairs) - 10
+    assert not {(p.text_a, p.text_b) for p in cal} & {(p.text_a, p.text_b) for p in held}
+    assert splits.held_out_pairs(record) == held
