@@ -299,6 +299,15 @@ BAD_PREDICT = [
     ("wrong signature", {"signature_name": "predict", "instances": [{"input_ids": _ids(3)}]},
      400, "signature_name"),
     ("oversized body", b'{"instances": [' + b" " * (70 * 1024) + b"]}", 413, "body"),
+    ("id outside int32", {"instances": [{"input_ids": [101, 2 ** 31, 102]}]}, 400,
+     "instances[0].input_ids[1]"),
+    ("id beyond int64", b'{"instances": [{"input_ids": [101, 9223372036854775808]}]}', 400,
+     "instances[0].input_ids[1]"),
+    ("id 1e30 as an integer", {"instances": [{"input_ids": [101, 10 ** 30]}]}, 400,
+     "instances[0].input_ids[1]"),
+    ("5000-digit integer", b'{"instances": [{"input_ids": [' + b"7" * 5000 + b']}]}', 400,
+     "body"),
+    ("nested 20000 deep", b"[" * 20000 + b"]" * 20000, 400, "body"),
 ]
 
 BAD_CLASSIFY = [
@@ -312,6 +321,8 @@ BAD_CLASSIFY = [
     ("empty in a list", {"instances": [{"text": "ok"}, {"text_a": ""}]},
      "instances[1].text_a"),
     ("too many", {"instances": [{"text": "ok"}] * 9}, "instances"),
+    ("lone surrogate", {"text": "fine \ud800 text"}, "text"),
+    ("lone surrogate in text_b", {"text_a": "fine", "text_b": "\udfff"}, "text_b"),
 ]
 
 
@@ -340,11 +351,51 @@ def test_bad_classify_input_is_a_400_naming_the_field(server, name, body, field)
     ("POST", f"/v1/models/{NAME}/versions/2:predict", 404, "version"),
     ("GET", "/nowhere", 404, "/nowhere"),
     ("DELETE", "/ping", 405, "DELETE /ping"),
+    ("GET", f"/v1/models/{NAME}:predict", 405, f"GET /v1/models/{NAME}:predict"),
+    ("GET", f"/v1/models/{NAME}/versions/1:classify", 405,
+     f"GET /v1/models/{NAME}/versions/1:classify"),
 ])
 def test_unknown_paths_and_models_are_json_errors(server, method, path, status, field):
     got, _, answer = request(server.url, method, path, body={"text": "x"})
     assert got == status
     assert answer["error"].startswith(f"{field}:"), answer
+
+
+def test_body_not_in_its_content_encoding_is_a_400_naming_the_header(server):
+    got, headers, answer = request(server.url, "POST", f"/v1/models/{NAME}:predict",
+                                   raw=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert got == 400, answer
+    assert answer["error"].startswith("Content-Encoding:"), answer
+
+
+def _raw_http(url, data: bytes) -> bytes:
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+@pytest.mark.parametrize("name,head", [
+    ("bad Content-Length", b"Content-Length: abc\r\n"),
+    ("Content-Length and Transfer-Encoding",
+     b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n"),
+    ("100 KB header", b"X-Big: " + b"a" * 100_000 + b"\r\n"),
+])
+def test_http_parser_errors_are_json(server, name, head):
+    answer = _raw_http(server.url, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                       + head + b"\r\n{}")
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1].startswith(b"4"), answer[:300]
+    assert b"application/json" in headers, answer[:300]
+    assert json.loads(body)["error"].startswith("http: "), body
+    got, _, _ = request(server.url, "GET", "/ping")  # the server is still fine
+    assert got == 200
 
 
 # --- status, ping, metrics ----------------------------------------------------------

@@ -13,11 +13,13 @@ of that batch gets it). Handlers stay
 thin: parse, `server.infer(rows)`, format.
 """
 
+import asyncio
 import json
 import logging
 import time
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from bertc.serving import classify, predict
 from bertc.serving.batcher import BatcherClosed, QueueFull
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 SERVER = web.AppKey("bertc_server", object)
 ROUTE = web.RequestKey("bertc_route", str)  # the metrics label of a request
 RETRY_AFTER_S = "1"
+CLIENT_GONE = 499  # nginx's status for a client that closed before its answer
 _VERBS = ("predict", "classify")
 
 
@@ -58,6 +61,12 @@ async def _errors_and_metrics(request: web.Request, handler):
     route = "other"
     try:
         response = await handler(request)
+    except (asyncio.CancelledError, ConnectionError):  # the client hung up
+        logger.info("%s %s: client disconnected before its answer", request.method,
+                    request.path)
+        server.metrics.observe_request(request.get(ROUTE, route), CLIENT_GONE,
+                                       time.monotonic() - start)
+        raise
     except InputError as e:
         response = _json(e.body(), e.status, e.headers)
     except web.HTTPException as e:
@@ -138,7 +147,13 @@ async def _read_body(request: web.Request, server) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise InputError("body", f"{request.content_length} bytes; expected at most {limit} "
                          "(--max_body_bytes)", status=413)
-    return await request.read()
+    try:
+        return await request.read()
+    except RequestPayloadError as e:  # e.g. Content-Encoding: gzip over bytes not gzip
+        header = "Content-Encoding" if request.headers.get("Content-Encoding") else "body"
+        raise InputError(header, f"{request.headers.get(header, 'body')!r} could not be "
+                         f"read ({str(e).splitlines()[-1].strip()}); expected a body in "
+                         "that encoding") from None
 
 
 async def _infer(server, rows):
@@ -160,6 +175,9 @@ async def _infer(server, rows):
 async def _get_model(request: web.Request) -> web.Response:
     request[ROUTE] = "status"
     server = request.app[SERVER]
+    last = request.match_info.get("version", request.match_info["name"])
+    if last.rpartition(":")[2] in _VERBS:  # GET /v1/models/<name>:predict
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     _check_model(request, request.match_info["name"], request.match_info.get("version"))
     art = server.artifact
     available = not server.draining

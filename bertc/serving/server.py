@@ -28,6 +28,7 @@ from bertc.serving import app as app_lib
 from bertc.serving import artifact as artifact_lib
 from bertc.serving import defaults
 from bertc.serving import metrics as metrics_lib
+from bertc.serving import protocol
 from bertc.serving import replica as replica_lib
 from bertc.serving.batcher import Batch, Batcher
 from bertc.serving.classify import TextEncoder
@@ -135,8 +136,11 @@ class Server:
         """Binds config.host:config.port and serves; returns the bound port."""
         cfg = self.config
         application = app_lib.make_app(self)
-        self._runner = web.AppRunner(application, handle_signals=False, access_log=None,
-                                     shutdown_timeout=cfg.shutdown_timeout_s)
+        # handler_cancellation: a client that hangs up cancels its handler, so its rows
+        # are dropped before they reach a batch (the batcher skips cancelled futures).
+        self._runner = protocol.JsonErrorRunner(
+            application, handle_signals=False, access_log=None,
+            shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
         try:
