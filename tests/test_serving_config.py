@@ -133,3 +133,29 @@ def test_bucket_for_picks_the_smallest_that_fits(tmp_path):
 def test_server_config_checks_name_the_flag(field, value, flag):
     with pytest.raises(BertcError, match=flag):
         ServerConfig(model="x", **{field: value}).check()
+
+
+def test_a_taken_port_is_reported_before_the_model_loads(tmp_path):
+    """The model path does not exist: the port error must come first (no loading)."""
+    import socket
+    import time
+
+    from bertc.serving.server import Server
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(BertcError, match=rf"`host` 127.0.0.1 `port` {port}: cannot "
+                                             r"listen .*expected a free port"):
+            Server(ServerConfig(model=str(tmp_path / "missing"), host="127.0.0.1", port=port))
+        assert time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "10.255.255.254"])
+def test_a_bad_host_is_named_as_the_host(tmp_path, host):
+    from bertc.serving.server import Server
+    with pytest.raises(BertcError) as e:
+        Server(ServerConfig(model=str(tmp_path / "missing"), host=host, port=0))
+    assert str(e.value).startswith(f"`host` {host}: not an address"), e.value
+    assert "free port" not in str(e.value)

@@ -13,9 +13,11 @@ thread of its own (tests, notebooks, benchmarks).
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Callable, List, Optional, Sequence
@@ -76,6 +78,32 @@ class ServerConfig:
         return tf_runtime.default_intra_op_threads(self.parallel)
 
 
+def check_listen(host: str, port: int) -> None:
+    """Binds host:port once and lets go, so a bad host or a taken port is reported
+    before the model loads (seconds), in the words of the flag at fault."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise BertcError(f"`host` {host}: not an address or host name ({e}); expected an "
+                         "address of this machine such as 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise _listen_error(host, port, e) from None
+
+
+def _listen_error(host: str, port: int, e: OSError) -> BertcError:
+    if e.errno == errno.EADDRNOTAVAIL:
+        return BertcError(f"`host` {host}: not an address of this machine ({e.strerror}); "
+                          "expected one of its addresses such as 127.0.0.1")
+    return BertcError(f"`host` {host} `port` {port}: cannot listen ({e.strerror}); "
+                      "expected a free port")
+
+
 def engine(art: artifact_lib.Artifact) -> str:
     """The engine that runs the artifact, for the start-up log line."""
     if art.target == "openvino":
@@ -93,6 +121,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, model_factory: Optional[ModelFactory] = None):
         config.check()
+        check_listen(config.host, config.port)
         self.config = config
         self.artifact = artifact_lib.load_artifact(config.model)
         self.name = config.model_name or self.artifact.default_name
@@ -147,12 +176,15 @@ class Server:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise BertcError(f"`host` {cfg.host} `port` {cfg.port}: cannot listen "
-                             f"({e.strerror}); expected a free port") from None
+            raise _listen_error(cfg.host, cfg.port, e) from None
         self.port = self._runner.addresses[0][1]
         self._last_log = time.monotonic()
         self._log_task = asyncio.get_running_loop().create_task(self._log_traffic())
         where = "all interfaces" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+        if where == "all interfaces":
+            logger.warning("--host %s: listening on every network interface; bertc serve "
+                           "has no authentication or TLS, so put it behind a proxy or a "
+                           "firewall", cfg.host)
         logger.info("serving %r on http://%s:%d (%s): POST /v1/models/%s:predict, "
                     ":classify; GET /v1/models/%s, /ping, /metrics", self.name, cfg.host,
                     self.port, where, self.name, self.name)
