@@ -75,6 +75,8 @@ async def _errors_and_metrics(request: web.Request, handler):
     except Exception as e:  # noqa: BLE001 - any failure is a JSON 500
         logger.exception("%s %s failed", request.method, request.path)
         response = _json({"error": f"internal error: {e.__class__.__name__}: {e}"}, 500)
+    if response.headers.get("Connection") == "close":
+        response.force_close()
     route = request.get(ROUTE, route)
     seconds = time.monotonic() - start
     server.metrics.observe_request(route, response.status, seconds)
@@ -148,7 +150,13 @@ async def _read_body(request: web.Request, server) -> bytes:
         raise InputError("body", f"{request.content_length} bytes; expected at most {limit} "
                          "(--max_body_bytes)", status=413)
     try:
-        return await request.read()
+        # Bounded: a slow or stalled body (or one aiohttp's decoder gave up on without
+        # ending it, e.g. a truncated deflate stream) cannot hold the handler forever.
+        return await asyncio.wait_for(request.read(), server.config.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise InputError("body", f"not received within {server.config.body_timeout_s:g} s "
+                         "(--body_timeout_s)", status=408,
+                         headers={"Connection": "close"}) from None
     except RequestPayloadError as e:  # e.g. Content-Encoding: gzip over bytes not gzip
         header = "Content-Encoding" if request.headers.get("Content-Encoding") else "body"
         raise InputError(header, f"{request.headers.get(header, 'body')!r} could not be "

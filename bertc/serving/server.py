@@ -52,6 +52,8 @@ class ServerConfig:
     max_queue: int = defaults.MAX_QUEUE
     max_instances: int = defaults.MAX_INSTANCES
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    body_timeout_s: float = defaults.BODY_TIMEOUT_S
+    keepalive_timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S
     paraphrase_threshold: Optional[float] = None
     shutdown_timeout_s: float = 60.0
     log_interval_s: float = 1.0
@@ -69,6 +71,9 @@ class ServerConfig:
         if self.max_batch_delay_ms < 0:
             raise BertcError(f"`max_batch_delay_ms` {self.max_batch_delay_ms}: expected "
                              ">= 0")
+        for flag in ("body_timeout_s", "keepalive_timeout_s"):
+            if not getattr(self, flag) > 0:
+                raise BertcError(f"`{flag}` {getattr(self, flag)}: expected seconds > 0")
         if not 0 <= self.port <= 65535:
             raise BertcError(f"`port` {self.port}: expected 0..65535 (0: any free port)")
 
@@ -169,7 +174,8 @@ class Server:
         # are dropped before they reach a batch (the batcher skips cancelled futures).
         self._runner = protocol.JsonErrorRunner(
             application, handle_signals=False, access_log=None,
-            shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True)
+            shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True,
+            keepalive_timeout=cfg.keepalive_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
         try:
