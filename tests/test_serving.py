@@ -445,8 +445,9 @@ def _wait_for(predicate, timeout=10.0):
 
 def test_full_queue_is_503_with_retry_after(artifact):
     models = []
-    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1, max_queue=1,
-                          max_batch_delay_ms=1)
+    # max_queue 2 = the largest request: one instance, two rows for a pair (embedding head)
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1, max_queue=2,
+                          max_instances=1, max_batch_delay_ms=1)
     with BackgroundServer(config, _gated_factory(models)) as background:
         gated, batcher = models[0], background.server.batcher
         gated.gate.clear()
@@ -462,7 +463,9 @@ def test_full_queue_is_503_with_retry_after(artifact):
         assert gated.entered.wait(10)  # the replica holds the first batch
         second = threading.Thread(target=send, args=("queued",))
         second.start()
-        _wait_for(lambda: batcher.depth() == 1)
+        third = threading.Thread(target=send, args=("queued too",))
+        third.start()
+        _wait_for(lambda: batcher.depth() == 2)
         status, headers, answer = request(background.url, "POST",
                                           f"/v1/models/{NAME}:predict", body)
         assert status == 503
@@ -471,7 +474,9 @@ def test_full_queue_is_503_with_retry_after(artifact):
         gated.gate.set()
         first.join(10)
         second.join(10)
+        third.join(10)
         assert results["running"][0] == 200 and results["queued"][0] == 200
+        assert results["queued too"][0] == 200
         assert results["running"][2] == results["queued"][2]
 
 

@@ -159,3 +159,14 @@ def test_a_bad_host_is_named_as_the_host(tmp_path, host):
         Server(ServerConfig(model=str(tmp_path / "missing"), host=host, port=0))
     assert str(e.value).startswith(f"`host` {host}: not an address"), e.value
     assert "free port" not in str(e.value)
+
+
+def test_serve_refuses_a_max_queue_smaller_than_the_largest_request(tmp_path_factory):
+    from test_serving_support import tiny_artifact
+
+    from bertc.serving.server import Server
+    config = ServerConfig(model=tiny_artifact(tmp_path_factory), port=0, max_queue=8,
+                          max_instances=8)
+    with pytest.raises(BertcError, match=r"^`max_queue` 8: smaller than the largest request "
+                                         r"\(16 rows: `max_instances` 8 x 2"):
+        Server(config, model_factory=lambda art, threads: pytest.fail("model loaded"))

@@ -130,6 +130,13 @@ class Server:
         self.config = config
         self.artifact = artifact_lib.load_artifact(config.model)
         self.name = config.model_name or self.artifact.default_name
+        largest = self.max_request_rows()
+        if config.max_queue < largest:
+            pairs = " x 2 for pairs on an embedding head" if largest > config.max_instances else ""
+            raise BertcError(f"`max_queue` {config.max_queue}: smaller than the largest "
+                             f"request ({largest} rows: `max_instances` {config.max_instances}"
+                             f"{pairs}), which could never be queued; expected at least "
+                             f"{largest}")
         self.threshold, self.threshold_source = artifact_lib.paraphrase_threshold(
             self.artifact, config.paraphrase_threshold)
         self.batcher = Batcher(self.artifact.seq_lens, self.artifact.batch_size,
@@ -153,6 +160,12 @@ class Server:
         self._log_task: Optional[asyncio.Task] = None
         self.port: Optional[int] = None
         self._last_log = time.monotonic()
+
+    def max_request_rows(self) -> int:
+        """Rows of the largest request: one per instance, two for a :classify pair on an
+        embedding head (each sentence embedded alone)."""
+        per_instance = 2 if self.artifact.head == "embedding" else 1
+        return self.config.max_instances * per_instance
 
     def _on_batch(self, batch: Batch, seconds: float) -> None:
         self.metrics.observe_batch(batch.seq_len, batch.real, batch.batch_size, seconds)
