@@ -543,6 +543,46 @@ def test_client_disconnect_does_not_break_its_batch(artifact, offline_cpu):
         assert request(background.url, "GET", "/ping")[0] == 200
 
 
+def test_abandoned_requests_cost_no_inference_and_count_as_499(artifact):
+    """10 clients send a row and hang up while the replica is busy: their rows are
+    dropped before a batch (handler cancellation), so only the two kept requests run."""
+    models = []
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
+                          max_batch_delay_ms=1)
+    rng = np.random.default_rng(8)
+    with BackgroundServer(config, _gated_factory(models)) as background:
+        gated = models[0]
+        gated.gate.clear()
+        gated.entered.clear()
+        host, port = background.url[len("http://"):].split(":")
+        blocker = threading.Thread(target=request, args=(
+            background.url, "POST", f"/v1/models/{NAME}:predict",
+            {"instances": [predict_row(rng, 8)]}))
+        blocker.start()
+        assert gated.entered.wait(10)
+        before = sum(_inferences(background.url).values())
+        sockets = []
+        for i in range(10):
+            payload = json.dumps({"instances": [predict_row(rng, 9 + i)]}).encode()
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            sockets.append(sock)
+        _wait_for(lambda: background.server.batcher.depth() == 10)
+        for sock in sockets:
+            sock.close()
+        _wait_for(lambda: 'route="predict",status="499"} 10.0' in
+                  request(background.url, "GET", "/metrics")[2])
+        gated.gate.set()
+        blocker.join(10)
+        status, _, _ = request(background.url, "POST", f"/v1/models/{NAME}:predict",
+                               {"instances": [predict_row(rng, 8)]})
+        assert status == 200
+        assert sum(_inferences(background.url).values()) == before + 2
+        metrics = request(background.url, "GET", "/metrics")[2]
+        assert 'status="500"' not in metrics
+
+
 def test_shutdown_drains_queued_requests_then_refuses(artifact):
     models = []
     config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
