@@ -7,7 +7,8 @@
   GET  /metrics                             Prometheus text
 (`/v1/models/<name>/versions/1...` are accepted as well.) Every error is JSON
 `{"error": "<field>: <what was expected>"}`: 400 bad input, 404 unknown model or
-path, 405 wrong method, 413 body over --max_body_bytes, 503 + Retry-After when the
+path, 405 wrong method, 408 body not received within --body_timeout_s, 413 body over
+--max_body_bytes, 499 (metrics only) the client hung up, 503 + Retry-After when the
 queue is full or the server is draining, 500 when the batch failed (every request
 of that batch gets it). Handlers stay
 thin: parse, `server.infer(rows)`, format.
