@@ -643,3 +643,33 @@ def test_sigterm_drains_and_exits_zero(artifact):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ping_stays_fast_while_large_texts_tokenize(artifact):
+    """4 concurrent :classify requests of 900 KB of text each: tokenizing runs on a
+    thread pool, so /ping stays well under 0.5 s (it measured 3.1 s on the loop)."""
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
+                          max_batch_delay_ms=1, max_body_bytes=4 << 20)
+    with BackgroundServer(config) as background:
+        def ping_s():
+            start = time.monotonic()
+            assert request(background.url, "GET", "/ping")[0] == 200
+            return time.monotonic() - start
+
+        baseline = sorted(ping_s() for _ in range(5))[2]
+        text = "the quick brown fox jumps over the lazy dog " * 20_000  # ~900 KB
+        answers = []
+        senders = [threading.Thread(target=lambda: answers.append(request(
+            background.url, "POST", f"/v1/models/{NAME}:classify", {"text": text})))
+            for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        pings = []
+        while any(s.is_alive() for s in senders):
+            pings.append(ping_s())
+            time.sleep(0.01)
+        for sender in senders:
+            sender.join(60)
+        assert [a[0] for a in answers] == [200] * 4
+        assert all(a[2]["predictions"][0]["truncated"] for a in answers)
+        assert pings and max(pings) < 0.5 + baseline, (baseline, max(pings), len(pings))

@@ -133,7 +133,9 @@ async def _post_model(request: web.Request) -> web.Response:
         return _json(predict.format_predict(results, parsed.columnar,
                                             server.artifact.outputs))
     instances = classify.parse_classify(doc, server.config.max_instances)
-    planned = classify.encode_instances(instances, server.encoder, server.artifact.head)
+    # Off the event loop: tokenizing large texts must not stall /ping and other requests.
+    planned = await asyncio.get_running_loop().run_in_executor(
+        None, classify.encode_instances, instances, server.encoder, server.artifact.head)
     rows = [(r.seq_len, r.feeds) for inst_rows in planned for r in inst_rows]
     results = await _infer(server, rows)
     answers, i = [], 0
