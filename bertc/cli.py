@@ -148,6 +148,10 @@ flags.DEFINE_integer("max_instances", serving_defaults.MAX_INSTANCES, "serve: in
                      "allowed in one request.", lower_bound=1)
 flags.DEFINE_integer("max_body_bytes", serving_defaults.MAX_BODY_BYTES, "serve: largest "
                      "request body (413 beyond).", lower_bound=1)
+flags.DEFINE_float("body_timeout_s", serving_defaults.BODY_TIMEOUT_S, "serve: seconds "
+                   "a request body may take to arrive (408 beyond).")
+flags.DEFINE_float("keepalive_timeout_s", serving_defaults.KEEPALIVE_TIMEOUT_S, "serve: "
+                   "seconds an idle keep-alive connection stays open.")
 flags.DEFINE_float("paraphrase_threshold", None, "serve: cosine threshold for embedding "
                    "heads (default: the manifest's, else 0.68, calibrated for MiniLM on "
                    "MRPC dev).")
@@ -232,7 +236,8 @@ COMMANDS = {
         "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold")),
-         ("network", ("host", "port", "max_body_bytes", "max_instances")),
+         ("network", ("host", "port", "max_body_bytes", "max_instances", "body_timeout_s",
+                      "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
                        "max_batch_delay_ms", "max_queue"))),
         ("bertc serve --model artifacts/minilm --port 8501",),
@@ -376,7 +381,9 @@ def cmd_serve(args):
         inter_op_threads=FLAGS.inter_op_threads or 1,
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
-        max_body_bytes=FLAGS.max_body_bytes, paraphrase_threshold=FLAGS.paraphrase_threshold))
+        max_body_bytes=FLAGS.max_body_bytes, body_timeout_s=FLAGS.body_timeout_s,
+        keepalive_timeout_s=FLAGS.keepalive_timeout_s,
+        paraphrase_threshold=FLAGS.paraphrase_threshold))
 
 
 def cmd_client(args):

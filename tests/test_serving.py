@@ -300,6 +300,15 @@ BAD_PREDICT = [
     ("wrong signature", {"signature_name": "predict", "instances": [{"input_ids": _ids(3)}]},
      400, "signature_name"),
     ("oversized body", b'{"instances": [' + b" " * (70 * 1024) + b"]}", 413, "body"),
+    ("id outside int32", {"instances": [{"input_ids": [101, 2 ** 31, 102]}]}, 400,
+     "instances[0].input_ids[1]"),
+    ("id beyond int64", b'{"instances": [{"input_ids": [101, 9223372036854775808]}]}', 400,
+     "instances[0].input_ids[1]"),
+    ("id 1e30 as an integer", {"instances": [{"input_ids": [101, 10 ** 30]}]}, 400,
+     "instances[0].input_ids[1]"),
+    ("5000-digit integer", b'{"instances": [{"input_ids": [' + b"7" * 5000 + b']}]}', 400,
+     "body"),
+    ("nested 20000 deep", b"[" * 20000 + b"]" * 20000, 400, "body"),
 ]
 
 BAD_CLASSIFY = [
@@ -313,6 +322,8 @@ BAD_CLASSIFY = [
     ("empty in a list", {"instances": [{"text": "ok"}, {"text_a": ""}]},
      "instances[1].text_a"),
     ("too many", {"instances": [{"text": "ok"}] * 9}, "instances"),
+    ("lone surrogate", {"text": "fine \ud800 text"}, "text"),
+    ("lone surrogate in text_b", {"text_a": "fine", "text_b": "\udfff"}, "text_b"),
 ]
 
 
@@ -341,11 +352,51 @@ def test_bad_classify_input_is_a_400_naming_the_field(server, name, body, field)
     ("POST", f"/v1/models/{NAME}/versions/2:predict", 404, "version"),
     ("GET", "/nowhere", 404, "/nowhere"),
     ("DELETE", "/ping", 405, "DELETE /ping"),
+    ("GET", f"/v1/models/{NAME}:predict", 405, f"GET /v1/models/{NAME}:predict"),
+    ("GET", f"/v1/models/{NAME}/versions/1:classify", 405,
+     f"GET /v1/models/{NAME}/versions/1:classify"),
 ])
 def test_unknown_paths_and_models_are_json_errors(server, method, path, status, field):
     got, _, answer = request(server.url, method, path, body={"text": "x"})
     assert got == status
     assert answer["error"].startswith(f"{field}:"), answer
+
+
+def test_body_not_in_its_content_encoding_is_a_400_naming_the_header(server):
+    got, headers, answer = request(server.url, "POST", f"/v1/models/{NAME}:predict",
+                                   raw=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert got == 400, answer
+    assert answer["error"].startswith("Content-Encoding:"), answer
+
+
+def _raw_http(url, data: bytes) -> bytes:
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+@pytest.mark.parametrize("name,head", [
+    ("bad Content-Length", b"Content-Length: abc\r\n"),
+    ("Content-Length and Transfer-Encoding",
+     b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n"),
+    ("100 KB header", b"X-Big: " + b"a" * 100_000 + b"\r\n"),
+])
+def test_http_parser_errors_are_json(server, name, head):
+    answer = _raw_http(server.url, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                       + head + b"\r\n{}")
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1].startswith(b"4"), answer[:300]
+    assert b"application/json" in headers, answer[:300]
+    assert json.loads(body)["error"].startswith("http: "), body
+    got, _, _ = request(server.url, "GET", "/ping")  # the server is still fine
+    assert got == 200
 
 
 # --- status, ping, metrics ----------------------------------------------------------
@@ -395,8 +446,9 @@ def _wait_for(predicate, timeout=10.0):
 
 def test_full_queue_is_503_with_retry_after(artifact):
     models = []
-    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1, max_queue=1,
-                          max_batch_delay_ms=1)
+    # max_queue 2 = the largest request: one instance, two rows for a pair (embedding head)
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1, max_queue=2,
+                          max_instances=1, max_batch_delay_ms=1)
     with BackgroundServer(config, _gated_factory(models)) as background:
         gated, batcher = models[0], background.server.batcher
         gated.gate.clear()
@@ -412,7 +464,9 @@ def test_full_queue_is_503_with_retry_after(artifact):
         assert gated.entered.wait(10)  # the replica holds the first batch
         second = threading.Thread(target=send, args=("queued",))
         second.start()
-        _wait_for(lambda: batcher.depth() == 1)
+        third = threading.Thread(target=send, args=("queued too",))
+        third.start()
+        _wait_for(lambda: batcher.depth() == 2)
         status, headers, answer = request(background.url, "POST",
                                           f"/v1/models/{NAME}:predict", body)
         assert status == 503
@@ -421,7 +475,9 @@ def test_full_queue_is_503_with_retry_after(artifact):
         gated.gate.set()
         first.join(10)
         second.join(10)
+        third.join(10)
         assert results["running"][0] == 200 and results["queued"][0] == 200
+        assert results["queued too"][0] == 200
         assert results["running"][2] == results["queued"][2]
 
 
@@ -488,6 +544,46 @@ def test_client_disconnect_does_not_break_its_batch(artifact, offline_cpu):
         assert request(background.url, "GET", "/ping")[0] == 200
 
 
+def test_abandoned_requests_cost_no_inference_and_count_as_499(artifact):
+    """10 clients send a row and hang up while the replica is busy: their rows are
+    dropped before a batch (handler cancellation), so only the two kept requests run."""
+    models = []
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
+                          max_batch_delay_ms=1)
+    rng = np.random.default_rng(8)
+    with BackgroundServer(config, _gated_factory(models)) as background:
+        gated = models[0]
+        gated.gate.clear()
+        gated.entered.clear()
+        host, port = background.url[len("http://"):].split(":")
+        blocker = threading.Thread(target=request, args=(
+            background.url, "POST", f"/v1/models/{NAME}:predict",
+            {"instances": [predict_row(rng, 8)]}))
+        blocker.start()
+        assert gated.entered.wait(10)
+        before = sum(_inferences(background.url).values())
+        sockets = []
+        for i in range(10):
+            payload = json.dumps({"instances": [predict_row(rng, 9 + i)]}).encode()
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            sockets.append(sock)
+        _wait_for(lambda: background.server.batcher.depth() == 10)
+        for sock in sockets:
+            sock.close()
+        _wait_for(lambda: 'route="predict",status="499"} 10.0' in
+                  request(background.url, "GET", "/metrics")[2])
+        gated.gate.set()
+        blocker.join(10)
+        status, _, _ = request(background.url, "POST", f"/v1/models/{NAME}:predict",
+                               {"instances": [predict_row(rng, 8)]})
+        assert status == 200
+        assert sum(_inferences(background.url).values()) == before + 2
+        metrics = request(background.url, "GET", "/metrics")[2]
+        assert 'status="500"' not in metrics
+
+
 def test_shutdown_drains_queued_requests_then_refuses(artifact):
     models = []
     config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
@@ -548,3 +644,33 @@ def test_sigterm_drains_and_exits_zero(artifact):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ping_stays_fast_while_large_texts_tokenize(artifact):
+    """4 concurrent :classify requests of 900 KB of text each: tokenizing runs on a
+    thread pool, so /ping stays well under 0.5 s (it measured 3.1 s on the loop)."""
+    config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
+                          max_batch_delay_ms=1, max_body_bytes=4 << 20)
+    with BackgroundServer(config) as background:
+        def ping_s():
+            start = time.monotonic()
+            assert request(background.url, "GET", "/ping")[0] == 200
+            return time.monotonic() - start
+
+        baseline = sorted(ping_s() for _ in range(5))[2]
+        text = "the quick brown fox jumps over the lazy dog " * 20_000  # ~900 KB
+        answers = []
+        senders = [threading.Thread(target=lambda: answers.append(request(
+            background.url, "POST", f"/v1/models/{NAME}:classify", {"text": text})))
+            for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        pings = []
+        while any(s.is_alive() for s in senders):
+            pings.append(ping_s())
+            time.sleep(0.01)
+        for sender in senders:
+            sender.join(60)
+        assert [a[0] for a in answers] == [200] * 4
+        assert all(a[2]["predictions"][0]["truncated"] for a in answers)
+        assert pings and max(pings) < 0.5 + baseline, (baseline, max(pings), len(pings))

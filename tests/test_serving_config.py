@@ -133,3 +133,40 @@ def test_bucket_for_picks_the_smallest_that_fits(tmp_path):
 def test_server_config_checks_name_the_flag(field, value, flag):
     with pytest.raises(BertcError, match=flag):
         ServerConfig(model="x", **{field: value}).check()
+
+
+def test_a_taken_port_is_reported_before_the_model_loads(tmp_path):
+    """The model path does not exist: the port error must come first (no loading)."""
+    import socket
+    import time
+
+    from bertc.serving.server import Server
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(BertcError, match=rf"`host` 127.0.0.1 `port` {port}: cannot "
+                                             r"listen .*expected a free port"):
+            Server(ServerConfig(model=str(tmp_path / "missing"), host="127.0.0.1", port=port))
+        assert time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "10.255.255.254"])
+def test_a_bad_host_is_named_as_the_host(tmp_path, host):
+    from bertc.serving.server import Server
+    with pytest.raises(BertcError) as e:
+        Server(ServerConfig(model=str(tmp_path / "missing"), host=host, port=0))
+    assert str(e.value).startswith(f"`host` {host}: not an address"), e.value
+    assert "free port" not in str(e.value)
+
+
+def test_serve_refuses_a_max_queue_smaller_than_the_largest_request(tmp_path_factory):
+    from test_serving_support import tiny_artifact
+
+    from bertc.serving.server import Server
+    config = ServerConfig(model=tiny_artifact(tmp_path_factory), port=0, max_queue=8,
+                          max_instances=8)
+    with pytest.raises(BertcError, match=r"^`max_queue` 8: smaller than the largest request "
+                                         r"\(16 rows: `max_instances` 8 x 2"):
+        Server(config, model_factory=lambda art, threads: pytest.fail("model loaded"))

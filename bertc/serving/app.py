@@ -8,17 +8,20 @@
   GET  /metrics                             Prometheus text
 (`/v1/models/<name>/versions/1...` are accepted as well.) Every error is JSON
 `{"error": "<field>: <what was expected>"}`: 400 bad input, 404 unknown model or
-path, 405 wrong method, 413 body over --max_body_bytes, 503 + Retry-After when the
+path, 405 wrong method, 408 body not received within --body_timeout_s, 413 body over
+--max_body_bytes, 499 (metrics only) the client hung up, 503 + Retry-After when the
 queue is full or the server is draining, 500 when the batch failed (every request
 of that batch gets it). Handlers stay
 thin: parse, `server.infer(rows)`, format.
 """
 
+import asyncio
 import json
 import logging
 import time
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from bertc.serving import answer, classify, predict
 from bertc.serving.batcher import BatcherClosed, QueueFull
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 SERVER = web.AppKey("bertc_server", object)
 ROUTE = web.RequestKey("bertc_route", str)  # the metrics label of a request
 RETRY_AFTER_S = "1"
+CLIENT_GONE = 499  # nginx's status for a client that closed before its answer
 _VERBS = ("predict", "classify", "answer")
 
 
@@ -59,6 +63,12 @@ async def _errors_and_metrics(request: web.Request, handler):
     route = "other"
     try:
         response = await handler(request)
+    except (asyncio.CancelledError, ConnectionError):  # the client hung up
+        logger.info("%s %s: client disconnected before its answer", request.method,
+                    request.path)
+        server.metrics.observe_request(request.get(ROUTE, route), CLIENT_GONE,
+                                       time.monotonic() - start)
+        raise
     except InputError as e:
         response = _json(e.body(), e.status, e.headers)
     except web.HTTPException as e:
@@ -67,6 +77,8 @@ async def _errors_and_metrics(request: web.Request, handler):
     except Exception as e:  # noqa: BLE001 - any failure is a JSON 500
         logger.exception("%s %s failed", request.method, request.path)
         response = _json({"error": f"internal error: {e.__class__.__name__}: {e}"}, 500)
+    if response.headers.get("Connection") == "close":
+        response.force_close()
     route = request.get(ROUTE, route)
     seconds = time.monotonic() - start
     server.metrics.observe_request(route, response.status, seconds)
@@ -124,7 +136,9 @@ async def _post_model(request: web.Request) -> web.Response:
     if verb == "answer":
         return _json(await answer.handle(server, doc, _infer))
     instances = classify.parse_classify(doc, server.config.max_instances)
-    planned = classify.encode_instances(instances, server.encoder, server.artifact.head)
+    # Off the event loop: tokenizing large texts must not stall /ping and other requests.
+    planned = await asyncio.get_running_loop().run_in_executor(
+        None, classify.encode_instances, instances, server.encoder, server.artifact.head)
     rows = [(r.seq_len, r.feeds) for inst_rows in planned for r in inst_rows]
     results = await _infer(server, rows)
     answers, i = [], 0
@@ -141,7 +155,19 @@ async def _read_body(request: web.Request, server) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise InputError("body", f"{request.content_length} bytes; expected at most {limit} "
                          "(--max_body_bytes)", status=413)
-    return await request.read()
+    try:
+        # Bounded: a slow or stalled body (or one aiohttp's decoder gave up on without
+        # ending it, e.g. a truncated deflate stream) cannot hold the handler forever.
+        return await asyncio.wait_for(request.read(), server.config.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise InputError("body", f"not received within {server.config.body_timeout_s:g} s "
+                         "(--body_timeout_s)", status=408,
+                         headers={"Connection": "close"}) from None
+    except RequestPayloadError as e:  # e.g. Content-Encoding: gzip over bytes not gzip
+        header = "Content-Encoding" if request.headers.get("Content-Encoding") else "body"
+        raise InputError(header, f"{request.headers.get(header, 'body')!r} could not be "
+                         f"read ({str(e).splitlines()[-1].strip()}); expected a body in "
+                         "that encoding") from None
 
 
 async def _infer(server, rows):
@@ -163,6 +189,9 @@ async def _infer(server, rows):
 async def _get_model(request: web.Request) -> web.Response:
     request[ROUTE] = "status"
     server = request.app[SERVER]
+    last = request.match_info.get("version", request.match_info["name"])
+    if last.rpartition(":")[2] in _VERBS:  # GET /v1/models/<name>:predict
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     _check_model(request, request.match_info["name"], request.match_info.get("version"))
     art = server.artifact
     available = not server.draining

@@ -13,9 +13,11 @@ thread of its own (tests, notebooks, benchmarks).
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Callable, List, Optional, Sequence
@@ -28,6 +30,7 @@ from bertc.serving import app as app_lib
 from bertc.serving import artifact as artifact_lib
 from bertc.serving import defaults
 from bertc.serving import metrics as metrics_lib
+from bertc.serving import protocol
 from bertc.serving import replica as replica_lib
 from bertc.serving.batcher import Batch, Batcher
 from bertc.serving.classify import TextEncoder
@@ -50,6 +53,8 @@ class ServerConfig:
     max_queue: int = defaults.MAX_QUEUE
     max_instances: int = defaults.MAX_INSTANCES
     max_body_bytes: int = defaults.MAX_BODY_BYTES
+    body_timeout_s: float = defaults.BODY_TIMEOUT_S
+    keepalive_timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S
     paraphrase_threshold: Optional[float] = None
     shutdown_timeout_s: float = 60.0
     log_interval_s: float = 1.0
@@ -68,6 +73,9 @@ class ServerConfig:
         if self.max_batch_delay_ms < 0:
             raise BertcError(f"`max_batch_delay_ms` {self.max_batch_delay_ms}: expected "
                              ">= 0")
+        for flag in ("body_timeout_s", "keepalive_timeout_s"):
+            if not getattr(self, flag) > 0:
+                raise BertcError(f"`{flag}` {getattr(self, flag)}: expected seconds > 0")
         if not 0 <= self.port <= 65535:
             raise BertcError(f"`port` {self.port}: expected 0..65535 (0: any free port)")
 
@@ -75,6 +83,32 @@ class ServerConfig:
         if self.intra_op_threads:
             return self.intra_op_threads
         return tf_runtime.default_intra_op_threads(self.parallel)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Binds host:port once and lets go, so a bad host or a taken port is reported
+    before the model loads (seconds), in the words of the flag at fault."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise BertcError(f"`host` {host}: not an address or host name ({e}); expected an "
+                         "address of this machine such as 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise _listen_error(host, port, e) from None
+
+
+def _listen_error(host: str, port: int, e: OSError) -> BertcError:
+    if e.errno == errno.EADDRNOTAVAIL:
+        return BertcError(f"`host` {host}: not an address of this machine ({e.strerror}); "
+                          "expected one of its addresses such as 127.0.0.1")
+    return BertcError(f"`host` {host} `port` {port}: cannot listen ({e.strerror}); "
+                      "expected a free port")
 
 
 def engine(art: artifact_lib.Artifact) -> str:
@@ -94,9 +128,17 @@ class Server:
 
     def __init__(self, config: ServerConfig, model_factory: Optional[ModelFactory] = None):
         config.check()
+        check_listen(config.host, config.port)
         self.config = config
         self.artifact = artifact_lib.load_artifact(config.model)
         self.name = config.model_name or self.artifact.default_name
+        largest = self.max_request_rows()
+        if config.max_queue < largest:
+            pairs = " x 2 for pairs on an embedding head" if largest > config.max_instances else ""
+            raise BertcError(f"`max_queue` {config.max_queue}: smaller than the largest "
+                             f"request ({largest} rows: `max_instances` {config.max_instances}"
+                             f"{pairs}), which could never be queued; expected at least "
+                             f"{largest}")
         self.threshold, self.threshold_source = artifact_lib.paraphrase_threshold(
             self.artifact, config.paraphrase_threshold)
         self.batcher = Batcher(self.artifact.seq_lens, self.artifact.batch_size,
@@ -122,6 +164,12 @@ class Server:
         self.port: Optional[int] = None
         self._last_log = time.monotonic()
 
+    def max_request_rows(self) -> int:
+        """Rows of the largest request: one per instance, two for a :classify pair on an
+        embedding head (each sentence embedded alone)."""
+        per_instance = 2 if self.artifact.head == "embedding" else 1
+        return self.config.max_instances * per_instance
+
     def _on_batch(self, batch: Batch, seconds: float) -> None:
         self.metrics.observe_batch(batch.seq_len, batch.real, batch.batch_size, seconds)
         self.window.add_batch(batch.seq_len, batch.real, batch.batch_size)
@@ -138,20 +186,27 @@ class Server:
         """Binds config.host:config.port and serves; returns the bound port."""
         cfg = self.config
         application = app_lib.make_app(self)
-        self._runner = web.AppRunner(application, handle_signals=False, access_log=None,
-                                     shutdown_timeout=cfg.shutdown_timeout_s)
+        # handler_cancellation: a client that hangs up cancels its handler, so its rows
+        # are dropped before they reach a batch (the batcher skips cancelled futures).
+        self._runner = protocol.JsonErrorRunner(
+            application, handle_signals=False, access_log=None,
+            shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True,
+            keepalive_timeout=cfg.keepalive_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
         try:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise BertcError(f"`host` {cfg.host} `port` {cfg.port}: cannot listen "
-                             f"({e.strerror}); expected a free port") from None
+            raise _listen_error(cfg.host, cfg.port, e) from None
         self.port = self._runner.addresses[0][1]
         self._last_log = time.monotonic()
         self._log_task = asyncio.get_running_loop().create_task(self._log_traffic())
         where = "all interfaces" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+        if where == "all interfaces":
+            logger.warning("--host %s: listening on every network interface; bertc serve "
+                           "has no authentication or TLS, so put it behind a proxy or a "
+                           "firewall", cfg.host)
         logger.info("serving %r on http://%s:%d (%s): POST /v1/models/%s:predict, "
                     ":classify; GET /v1/models/%s, /ping, /metrics", self.name, cfg.host,
                     self.port, where, self.name, self.name)

@@ -33,6 +33,12 @@ def parse_json(raw: bytes) -> Any:
     except json.JSONDecodeError as e:
         raise InputError("body", f"malformed JSON at line {e.lineno} column {e.colno} "
                          f"({e.msg})") from None
+    except ValueError as e:  # an integer literal past Python's int-parsing digit limit
+        raise InputError("body", f"number too long for the JSON parser ({e}); expected "
+                         "int32 token ids") from None
+    except RecursionError:
+        raise InputError("body", "nested too deeply for the JSON parser; expected a JSON "
+                         "object of arrays") from None
 
 
 def type_name(value: Any) -> str:
@@ -65,8 +71,11 @@ def instance_list(value: Any, field: str, max_instances: int) -> list:
     return value
 
 
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
 def int_list(value: Any, field: str, max_len: int) -> List[int]:
-    """A non-empty JSON array of at most `max_len` integers (booleans refused)."""
+    """A non-empty JSON array of at most `max_len` int32 integers (booleans refused)."""
     if not isinstance(value, list):
         raise InputError(field, f"expected a JSON array of integers, got {type_name(value)}")
     if not value:
@@ -77,6 +86,10 @@ def int_list(value: Any, field: str, max_len: int) -> List[int]:
     for i, v in enumerate(value):
         if type(v) is not int:
             raise InputError(f"{field}[{i}]", f"expected an integer, got {type_name(v)}")
+        if not INT32_MIN <= v <= INT32_MAX:
+            shown = str(v) if v.bit_length() < 128 else f"of {v.bit_length()} bits"
+            raise InputError(f"{field}[{i}]", f"integer {shown} outside int32; expected "
+                             f"[{INT32_MIN}, {INT32_MAX}]")
     return value
 
 
@@ -85,4 +98,9 @@ def text_field(value: Any, field: str) -> str:
         raise InputError(field, f"expected a string, got {type_name(value)}")
     if not value.strip():
         raise InputError(field, "empty; expected text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800"
+        raise InputError(field, f"unpaired surrogate U+{ord(value[e.start]):04X} at "
+                         f"character {e.start}; expected valid Unicode text") from None
     return value
