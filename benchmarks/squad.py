@@ -8,7 +8,7 @@ A BERT-Large-shaped random checkpoint with run_squad's span head
 (make_random_checkpoint.py --span; --layers cuts the depth for a quick look) is built
 by `bertc build --head span` at [batch, seq] in float32 and bfloat16; each build runs
 in a child process, and its wall time and peak RSS (wait4's ru_maxrss) are printed
-beside the weights' size (targets: under 90 s and under 3x the weights).  Then, in
+beside the weights' size (targets: under 90 s and under three times the weights).  Then, in
 this process, timed in turns (throughput.interleaved_rates: best pass of each):
   bertc_f32 / bertc_bf16   the artifact's SavedModel, run as `bertc serve` runs it
                            (runner.RunConfig served, the thread flags given here)
