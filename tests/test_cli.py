@@ -327,8 +327,7 @@ def test_an_internal_error_is_one_line_exit_70_and_leaves_nothing(tiny_ckpt, tmp
 def test_ctrl_c_during_start_up_is_one_line_exit_130(tiny_ckpt, tmp_path):
     """SIGINT while TensorFlow is being imported (its library already mapped)."""
     out = tmp_path / "art"
-    proc = subprocess.Popen(bt.cli_command("build", "--ckpt", tiny_ckpt, "--output", out,
-                                            "--seq_len", "32"),
+    proc = subprocess.Popen(bt.cli_command("build", "--ckpt", tiny_ckpt, "--output", out),
                             cwd=bt.REPO_ROOT, env=bt.cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
