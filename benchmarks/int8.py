@@ -11,9 +11,10 @@ process (throughput.interleaved_rates: the best pass of each), on
 Stacks:
   bertc ov f32 / bf16 / int8   one artifact each (--dtype), IR compiled as served, 1 stream
   OV+NNCF default (HF)         nncf.quantize(model_type=TRANSFORMER) on the HF model
-                               converted by OpenVINO (dynamic axes), calibrated on the
-                               same 100 MRPC pairs, compiled with no properties
-  ORT fp32 / ORT int8 dynamic  ONNX Runtime on the HF model exported to ONNX, and
+                               exported to ONNX (dynamic axes; throughput.export_onnx)
+                               and read by OpenVINO, calibrated on the same 100 MRPC
+                               pairs, compiled with no properties
+  ORT fp32 / ORT int8 dynamic  ONNX Runtime on the same export, and
                                onnxruntime.quantization.quantize_dynamic(QInt8)
 cosine: the minimum embedding cosine vs PyTorch fp32 on the MRPC rows.
 """
@@ -39,28 +40,6 @@ BATCH, SEQ, CALIBRATION = 4, 128, 100
 BUCKETS = (64, 128)
 
 
-def onnx_export(model, path):
-    """The HF BertModel as ONNX (last_hidden_state), batch and sequence dynamic."""
-    import torch
-
-    class Wrapper(torch.nn.Module):  # positional inputs, one output
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
-
-    dummy = tuple(torch.ones((BATCH, 16), dtype=torch.long) for _ in range(3))
-    torch.onnx.export(Wrapper(model), dummy, path, input_names=["input_ids", "attention_mask",
-                                                       "token_type_ids"],
-                      output_names=["last_hidden_state"], dynamo=False,
-                      dynamic_axes={n: {0: "b", 1: "s"} for n in
-                                    ("input_ids", "attention_mask", "token_type_ids",
-                                     "last_hidden_state")}, opset_version=17)
-
-
 def ort_fn(path, threads):
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -80,7 +59,6 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     import openvino as ov
-    import torch
     import nncf
     from bertc.runtime import machine
     print(machine.header(), flush=True)
@@ -97,12 +75,7 @@ def main():
         full = padding_free.full_length(mrpc[:max(4, args.batches // 4)])
         trimmed = [padding_free.trimmed(b) for b in mrpc]
         model = throughput.torch_model(ckpt)
-        with torch.inference_mode():
-            reference = np.concatenate([ovb.embedding(model(
-                input_ids=torch.from_numpy(b["input_ids"]).long(),
-                attention_mask=torch.from_numpy(b["input_mask"]).long(),
-                token_type_ids=torch.from_numpy(b["segment_ids"]).long()
-            ).last_hidden_state.numpy(), b["input_mask"]) for b in trimmed])
+        reference = ovb.reference_embeddings(model, trimmed)
         runs, cosines = {}, {}
         for dtype in ("float32", "bfloat16", "int8"):
             label = f"bertc ov {dtype}"
@@ -116,7 +89,8 @@ def main():
             runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, BUCKETS))
             cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, BUCKETS),
                                             reference, False)
-        hf_ov = ovb.hf_openvino(model)
+        fp32_path = throughput.export_onnx(model, trimmed[0], os.path.join(workdir, "hf.onnx"))
+        hf_ov = ov.Core().read_model(fp32_path)
         calib = [[b[k].astype(np.int64) for k in ovb.INPUTS]
                  for b in (padding_free.trimmed(c) for c in calibration)]
         hf_int8 = nncf.quantize(hf_ov, nncf.Dataset(calib),
@@ -125,8 +99,6 @@ def main():
         peers = {"OV+NNCF default (HF)": ovb.ov_hf_fn(ov.Core().compile_model(hf_int8, "CPU"))}
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
-            fp32_path = os.path.join(workdir, "hf.onnx")
-            onnx_export(model, fp32_path)
             int8_path = os.path.join(workdir, "hf_int8.onnx")
             quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
             peers["ORT fp32 (HF)"] = ort_fn(fp32_path, cores)

@@ -97,6 +97,18 @@ def ov_hf_fn(compiled):
     return run
 
 
+def reference_embeddings(model, batches):
+    """PyTorch fp32's mean-pooled, normalised embeddings of every row [rows, D]: what
+    min_cosine compares the stacks against."""
+    import torch
+    with torch.inference_mode():
+        return np.concatenate([embedding(model(
+            input_ids=torch.from_numpy(b["input_ids"]).long(),
+            attention_mask=torch.from_numpy(b["input_mask"]).long(),
+            token_type_ids=torch.from_numpy(b["segment_ids"]).long()
+        ).last_hidden_state.numpy(), b["input_mask"]) for b in batches])
+
+
 def embedding(hidden, mask):
     m = mask[:, :, None].astype(np.float64)
     mean = (np.asarray(hidden, np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
@@ -146,12 +158,7 @@ def main():
                                                               args.batches)
             trimmed = [padding_free.trimmed(b) for b in mrpc]
             model = throughput.torch_model(ckpt)
-            with torch.inference_mode():
-                reference = np.concatenate([embedding(model(
-                    input_ids=torch.from_numpy(b["input_ids"]).long(),
-                    attention_mask=torch.from_numpy(b["input_mask"]).long(),
-                    token_type_ids=torch.from_numpy(b["segment_ids"]).long()
-                ).last_hidden_state.numpy(), b["input_mask"]) for b in trimmed])
+            reference = reference_embeddings(model, trimmed)
             runs, cosines, compiled_ir = {}, {}, None
             for label, buckets, extra, dtype in BERTC_OV:
                 if name != "minilm" and label not in BERTC_OV_SHORT:

@@ -149,19 +149,9 @@ def ov_default_fn(model, batch: int, seq: int):
     import openvino as ov
     import torch
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self, qa_model):
-            super().__init__()
-            self.qa = qa_model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            out = self.qa(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids)
-            return out.start_logits, out.end_logits
-
     dummy = tuple(torch.ones((batch, seq), dtype=torch.long) for _ in range(3))
-    compiled = ov.Core().compile_model(ov.convert_model(Wrapper(model), example_input=dummy),
-                                       "CPU")
+    wrapped = throughput.positional(model, ("start_logits", "end_logits"))
+    compiled = ov.Core().compile_model(ov.convert_model(wrapped, example_input=dummy), "CPU")
     request = compiled.create_infer_request()
 
     def run(b):

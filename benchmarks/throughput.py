@@ -128,25 +128,35 @@ def torch_runner(model):
     return run
 
 
+def positional(model, outputs):
+    """An nn.Module calling the HF `model` with positional (input_ids, attention_mask,
+    token_type_ids) and returning the named `outputs` of its result, in order: the
+    form torch.onnx.export and openvino.convert_model trace."""
+    import torch
+
+    class Positional(torch.nn.Module):
+        def __init__(self, hf_model):
+            super().__init__()
+            self.hf_model = hf_model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.hf_model(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids)
+            return tuple(getattr(out, name) for name in outputs)
+
+    return Positional(model)
+
+
 def export_onnx(model, batch, path):
     """The HF BertModel exported to ONNX (opset 17), batch and sequence dynamic;
     outputs last_hidden_state [B, S, D] and pooler_output [B, D]."""
     import torch
     inputs = tuple(torch.from_numpy(batch[k]).long()
                    for k in ("input_ids", "input_mask", "segment_ids"))
-    class Wrapper(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids)
-            return out.last_hidden_state, out.pooler_output
-
-    torch.onnx.export(Wrapper(model), inputs, path, input_names=["input_ids", "attention_mask",
-                                                        "token_type_ids"],
-                      output_names=["last_hidden_state", "pooler_output"],
+    outputs = ("last_hidden_state", "pooler_output")
+    torch.onnx.export(positional(model, outputs), inputs, path,
+                      input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=list(outputs),
                       dynamic_axes={n: {0: "batch", 1: "seq"} for n in
                                     ("input_ids", "attention_mask", "token_type_ids")},
                       opset_version=17, dynamo=False)
