@@ -15,14 +15,15 @@ unknown keys, a context over MAX_CONTEXT_CHARS characters; a model whose head is
 `span` answers 400 at once.
 """
 
+import asyncio
 import dataclasses
 from typing import List, Sequence
 
 import numpy as np
 
 from bertc.errors import BertcError
-from bertc.serving.validation import (InputError, instance_list, refuse_unknown_keys,
-                                      require_object, text_field)
+from bertc.serving.validation import (InputError, instances_or_one, refuse_unknown_keys,
+                                      text_field)
 from bertc.text import question_answering as qa
 
 HEAD = "span"
@@ -43,13 +44,7 @@ def parse_answer(doc, max_instances: int, head: str) -> List[QuestionInstance]:
     if head != HEAD:
         raise InputError("", f"the model's head is '{head}', which :answer does not "
                          "answer; expected a span head (build with --head span)")
-    doc = require_object(doc, "body")
-    if "instances" in doc:
-        refuse_unknown_keys(doc, ("instances",), "")
-        items = instance_list(doc["instances"], "instances", max_instances)
-        return [_instance(require_object(item, f"instances[{i}]"), f"instances[{i}]")
-                for i, item in enumerate(items)]
-    return [_instance(doc, "")]
+    return instances_or_one(doc, max_instances, _instance)
 
 
 def _instance(obj: dict, field: str) -> QuestionInstance:
@@ -107,6 +102,8 @@ async def handle(server, doc, infer) -> dict:
     """The :answer response body; `infer` queues rows on the server's batcher."""
     art = server.artifact
     instances = parse_answer(doc, server.config.max_instances, art.head)
-    planned, rows = plan(instances, server.encoder.tokenizer, art)
+    # Off the event loop, as :classify's tokenizing: a long context must not stall others.
+    planned, rows = await asyncio.get_running_loop().run_in_executor(
+        None, plan, instances, server.encoder.tokenizer, art)
     results = await infer(server, rows)
     return {"predictions": format_answers(instances, planned, results, art.max_seq_len)}

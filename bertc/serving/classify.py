@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bertc.serving import paraphrase
-from bertc.serving.validation import (InputError, instance_list, refuse_unknown_keys,
-                                      require_object, text_field)
+from bertc.serving.validation import (InputError, instances_or_one, refuse_unknown_keys,
+                                      text_field)
 from bertc.text.tokenization import WordPieceTokenizer
 
 HEADS = ("classifier", "embedding", "pooled")
@@ -48,13 +48,7 @@ class EncodedRow:
 
 
 def parse_classify(doc, max_instances: int) -> List[TextInstance]:
-    doc = require_object(doc, "body")
-    if "instances" in doc:
-        refuse_unknown_keys(doc, ("instances",), "")
-        items = instance_list(doc["instances"], "instances", max_instances)
-        return [_instance(require_object(item, f"instances[{i}]"), f"instances[{i}]")
-                for i, item in enumerate(items)]
-    return [_instance(doc, "")]
+    return instances_or_one(doc, max_instances, _instance)
 
 
 def _instance(obj: dict, field: str) -> TextInstance:

@@ -6,7 +6,7 @@ Field paths are written as a client would index the JSON body.
 """
 
 import json
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 
 class InputError(Exception):
@@ -69,6 +69,18 @@ def instance_list(value: Any, field: str, max_instances: int) -> list:
         raise InputError(field, f"{len(value)} instances; expected at most {max_instances} "
                          "per request (--max_instances)")
     return value
+
+
+def instances_or_one(doc: Any, max_instances: int, parse_one: Callable[[dict, str], Any]):
+    """A body that is one instance, or {"instances": [...]} of at most `max_instances`:
+    parse_one(object, field) of each ("" or "instances[i]"), in order."""
+    doc = require_object(doc, "body")
+    if "instances" in doc:
+        refuse_unknown_keys(doc, ("instances",), "")
+        items = instance_list(doc["instances"], "instances", max_instances)
+        return [parse_one(require_object(item, f"instances[{i}]"), f"instances[{i}]")
+                for i, item in enumerate(items)]
+    return [parse_one(doc, "")]
 
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
