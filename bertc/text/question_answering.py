@@ -92,17 +92,17 @@ def doc_spans(context_tokens: int, max_tokens: int, doc_stride: int) -> List[tup
     return spans
 
 
-def max_context_window(spans: List[tuple], position: int) -> int:
-    """run_squad's `_check_is_max_context`: the window where `position` has most context."""
-    best, best_score = None, None
-    for index, (start, length) in enumerate(spans):
-        end = start + length - 1
-        if position < start or position > end:
-            continue
-        score = min(position - start, end - position) + 0.01 * length
-        if best_score is None or score > best_score:
-            best, best_score = index, score
-    return best
+def max_context_windows(spans: List[tuple], tokens: int) -> np.ndarray:
+    """run_squad's `_check_is_max_context` for every position at once: [tokens] the
+    window where each position has most context, score min(p - start, end - p) +
+    0.01 * length over the windows holding p, the first window on a tie."""
+    starts = np.array([s for s, _ in spans])[:, None]                     # [W, 1]
+    lengths = np.array([n for _, n in spans])[:, None]
+    ends = starts + lengths - 1
+    position = np.arange(tokens)[None, :]                                 # [1, T]
+    score = np.minimum(position - starts, ends - position) + 0.01 * lengths  # [W, T]
+    inside = (position >= starts) & (position <= ends)
+    return np.argmax(np.where(inside, score, -np.inf), axis=0)            # first max
 
 
 def windows(tokenizer, question: str, context: str, seq_len: int,
@@ -125,14 +125,14 @@ def windows(tokenizer, question: str, context: str, seq_len: int,
     segments = np.zeros((rows, seq_len), np.int32)
     max_context = np.zeros((rows, seq_len), bool)
     first = len(query) + 2
+    best_window = max_context_windows(spans, len(encoding.ids))
     for k, (start, length) in enumerate(spans):
         row = [tokenizer.cls_id, *query, tokenizer.sep_id,
                *encoding.ids[start:start + length], tokenizer.sep_id]
         ids[k, :len(row)] = row
         mask[k, :len(row)] = 1
         segments[k, first:len(row)] = 1
-        for t in range(start, start + length):
-            max_context[k, first + t - start] = max_context_window(spans, t) == k
+        max_context[k, first:first + length] = best_window[start:start + length] == k
     word_ids = encoding.word_ids
     word_chars = [encoding.word_to_chars(w) if w is not None else o
                   for w, o in zip(word_ids, encoding.offsets)]
