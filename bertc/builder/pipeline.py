@@ -344,8 +344,8 @@ def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool) -
     return {"bound": bound, "thresholds": openvino_int8.thresholds(bound), "split": record,
             "calibration": calibration, "held_out": held_out,
             "nncf_version": openvino_int8.load_nncf().__version__,
-            "tokenize": lambda pairs, seq_len: tokenizer.encode_batch(
-                [(p.text_a, p.text_b) for p in pairs], seq_len)}
+            "tokenize": lambda pairs, seq_len: features_lib.pair_features(
+                tokenizer, pairs, seq_len)}
 
 
 def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: int) -> dict:

@@ -40,4 +40,9 @@ def text_features(path: Optional[str], vocab_file: str, do_lower_case: bool, seq
     if rows:
         pairs = pairs[:rows]
     tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(vocab_file, do_lower_case)
-    return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len), path
+    return pair_features(tokenizer, pairs, seq_len), path
+
+
+def pair_features(tokenizer, pairs, seq_len: int):
+    """{name: int32 [N, S]} of `pairs` as one row each: [CLS] a [SEP] b [SEP]."""
+    return tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs], seq_len)

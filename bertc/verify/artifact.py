@@ -58,19 +58,19 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
     thresholds = thresholds or doc["verify"]["thresholds"]
     vocab = os.path.join(artifact, doc["tokenizer"]["vocab_file"])
     reports, pass_rows = {}, {}
+    tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(
+        vocab, doc["tokenizer"]["do_lower_case"])
+    held_out = None if data else held_out_split(doc)  # int8: pairs not calibrated on
+    if held_out is not None and rows:
+        held_out = held_out[:rows]
     for entry in doc["models"]:
         seq_len = entry["seq_len"]
         if seq_lens and seq_len not in seq_lens:
             continue
         reference = freeze.freeze_model(model, doc["head"], doc["batch_size"], seq_len,
                                         detach=True)  # the model's arrays, not a copy
-        tokenizer = tokenization.WordPieceTokenizer.from_vocab_file(
-            vocab, doc["tokenizer"]["do_lower_case"])
-        held_out = None if data else held_out_split(doc)
         if held_out is not None:  # an int8 artifact: only pairs it was not calibrated on
-            held_out = held_out[:rows] if rows else held_out
-            features = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held_out],
-                                              seq_len)
+            features = features_lib.pair_features(tokenizer, held_out, seq_len)
             source = f"{split_record(doc)['held_out']['path']} (held-out split)"
         else:
             features, source = features_lib.text_features(

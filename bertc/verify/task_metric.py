@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from bertc.text import features as features_lib
 from bertc.text import pairs as textdata
 from bertc.verify import compare as verify_lib
 
@@ -25,29 +26,26 @@ def scores(predicted: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     return {"accuracy": 100.0 * float(np.mean(predicted == labels)), "f1": 100.0 * f1}
 
 
-def _embeddings(factory, features, batch_size: int) -> np.ndarray:
+def _output(factory, features, batch_size: int, name: str) -> np.ndarray:
+    """Output `name` of one model on every row of `features` [N, ...]."""
     outputs = verify_lib.run_all(factory, verify_lib.pad_rows(features, batch_size))
-    return np.concatenate([o["embedding"] for o in outputs]).astype(np.float64)
-
-
-def _logits(factory, features, batch_size: int) -> np.ndarray:
-    outputs = verify_lib.run_all(factory, verify_lib.pad_rows(features, batch_size))
-    return np.concatenate([o["logits"] for o in outputs])
+    return np.concatenate([o[name] for o in outputs])
 
 
 def predictions(factory, head: str, pairs: List, tokenizer, seq_len: int, batch_size: int,
                 threshold: float) -> np.ndarray:
     """0/1 paraphrase decisions of one model (runner factory) on `pairs`."""
     if head == "embedding":
-        a = _embeddings(factory, tokenizer.encode_batch([(p.text_a, None) for p in pairs],
-                                                        seq_len), batch_size)
-        b = _embeddings(factory, tokenizer.encode_batch([(p.text_b or "", None)
-                                                         for p in pairs], seq_len), batch_size)
+        a = _output(factory, tokenizer.encode_batch([(p.text_a, None) for p in pairs], seq_len),
+                    batch_size, "embedding").astype(np.float64)
+        b = _output(factory, tokenizer.encode_batch([(p.text_b or "", None) for p in pairs],
+                                                    seq_len), batch_size,
+                    "embedding").astype(np.float64)
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         similarity = np.sum(a * b, 1) / np.maximum(norms, 1e-30)
         return similarity >= threshold
-    logits = _logits(factory, tokenizer.encode_batch([(p.text_a, p.text_b) for p in pairs],
-                                                     seq_len), batch_size)
+    logits = _output(factory, features_lib.pair_features(tokenizer, pairs, seq_len),
+                     batch_size, "logits")
     return logits.argmax(-1) == 1
 
 

@@ -203,16 +203,10 @@ def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str,
     from bertc.runtime import openvino_runner
     ov = openvino_settings.load()
     xml = os.path.join(artifact_dir, compile_record["ir"])
+    from bertc.verify import compare as verify_lib
     rows = len(features["input_ids"])
-    batches = []
-    for start in range(0, rows, batch_size):
-        chunk = {k: np.asarray(v[start:start + batch_size], np.int32)
-                 for k, v in features.items()}
-        short = batch_size - len(chunk["input_ids"])
-        if short:  # dummy all-zero rows, as the server pads; not counted (rows)
-            chunk = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], np.int32)])
-                     for k, v in chunk.items()}
-        batches.append(chunk)
+    # the last batch filled with all-zero dummy rows, as the server pads; not counted (rows)
+    batches = [b.feeds for b in verify_lib.pad_rows(features, batch_size)]
     properties = openvino_settings.served_properties("f32")
     core = ov.Core()
     model = core.read_model(xml)
