@@ -339,13 +339,19 @@ def hf_model(cfg, weights, pooler=True):
     return model.eval()
 
 
-def hf_forward(model, feeds):
-    """(last_hidden_state, pooler_output or None) as float64 numpy arrays."""
+def hf_call(model, feeds):
+    """The HF model's output object on bertc's feeds (input_mask -> attention_mask,
+    segment_ids -> token_type_ids), without gradients."""
     import torch
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(feeds["input_ids"].astype(np.int64)),
-                    attention_mask=torch.from_numpy(feeds["input_mask"].astype(np.int64)),
-                    token_type_ids=torch.from_numpy(feeds["segment_ids"].astype(np.int64)))
+        return model(input_ids=torch.from_numpy(feeds["input_ids"].astype(np.int64)),
+                     attention_mask=torch.from_numpy(feeds["input_mask"].astype(np.int64)),
+                     token_type_ids=torch.from_numpy(feeds["segment_ids"].astype(np.int64)))
+
+
+def hf_forward(model, feeds):
+    """(last_hidden_state, pooler_output or None) as float64 numpy arrays."""
+    out = hf_call(model, feeds)
     pooled = out.pooler_output
     return (out.last_hidden_state.numpy().astype(np.float64),
             None if pooled is None else pooled.numpy().astype(np.float64))

@@ -505,6 +505,19 @@ def test_a_failed_batch_fails_each_of_its_requests_with_500(artifact):
         assert request(background.url, "GET", "/ping")[0] == 200
 
 
+def _occupy_replica(background, gated, row):
+    """Holds the single gated replica busy with one request of `row`: returns (the
+    request's thread, host, port) once the replica has entered its batch."""
+    gated.gate.clear()
+    gated.entered.clear()
+    host, port = background.url[len("http://"):].split(":")
+    blocker = threading.Thread(target=request, args=(
+        background.url, "POST", f"/v1/models/{NAME}:predict", {"instances": [row]}))
+    blocker.start()
+    assert gated.entered.wait(10)
+    return blocker, host, port
+
+
 def test_client_disconnect_does_not_break_its_batch(artifact, offline_cpu):
     models = []
     config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
@@ -513,14 +526,7 @@ def test_client_disconnect_does_not_break_its_batch(artifact, offline_cpu):
     rows = [predict_row(rng, 8 + i) for i in range(3)]
     with BackgroundServer(config, _gated_factory(models)) as background:
         gated = models[0]
-        gated.gate.clear()
-        gated.entered.clear()
-        host, port = background.url[len("http://"):].split(":")
-        blocker = threading.Thread(target=request, args=(
-            background.url, "POST", f"/v1/models/{NAME}:predict",
-            {"instances": [rows[0]]}))
-        blocker.start()
-        assert gated.entered.wait(10)
+        blocker, host, port = _occupy_replica(background, gated, rows[0])
         # A client that sends a request and goes away before its answer.
         payload = json.dumps({"instances": [rows[1]]}).encode()
         sock = socket.create_connection((host, int(port)))
@@ -553,14 +559,7 @@ def test_abandoned_requests_cost_no_inference_and_count_as_499(artifact):
     rng = np.random.default_rng(8)
     with BackgroundServer(config, _gated_factory(models)) as background:
         gated = models[0]
-        gated.gate.clear()
-        gated.entered.clear()
-        host, port = background.url[len("http://"):].split(":")
-        blocker = threading.Thread(target=request, args=(
-            background.url, "POST", f"/v1/models/{NAME}:predict",
-            {"instances": [predict_row(rng, 8)]}))
-        blocker.start()
-        assert gated.entered.wait(10)
+        blocker, host, port = _occupy_replica(background, gated, predict_row(rng, 8))
         before = sum(_inferences(background.url).values())
         sockets = []
         for i in range(10):

@@ -38,11 +38,7 @@ def hf_qa_model(cfg, weights):
 
 
 def hf_span_logits(model, feeds):
-    import torch
-    with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(feeds["input_ids"].astype(np.int64)),
-                    attention_mask=torch.from_numpy(feeds["input_mask"].astype(np.int64)),
-                    token_type_ids=torch.from_numpy(feeds["segment_ids"].astype(np.int64)))
+    out = bt.hf_call(model, feeds)
     return out.start_logits.numpy(), out.end_logits.numpy()
 
 
