@@ -118,6 +118,8 @@ flags.DEFINE_integer("verify_rows", None, "Use only the first N text rows (defau
 flags.DEFINE_bool("json", False, "Print a machine-readable JSON report.")
 flags.DEFINE_string("tensorboard", None, "inspect: write the graphs before and after the "
                     "rewrites (weights stripped) for TensorBoard into this directory.")
+flags.DEFINE_bool("skip_checksums", False, "serve/verify: use the artifact without checking "
+                  "its files against the sha256 recorded at build (logged as a warning).")
 flags.DEFINE_bool("per_pass", False, "verify: also apply the artifact's rewrites one at a "
                   "time and print the error after each.")
 # Serve.
@@ -152,6 +154,8 @@ flags.DEFINE_float("body_timeout_s", serving_defaults.BODY_TIMEOUT_S, "serve: se
                    "a request body may take to arrive (408 beyond).")
 flags.DEFINE_float("keepalive_timeout_s", serving_defaults.KEEPALIVE_TIMEOUT_S, "serve: "
                    "seconds an idle keep-alive connection stays open.")
+flags.DEFINE_float("header_timeout_s", serving_defaults.HEADER_TIMEOUT_S, "serve: seconds "
+                   "a request's headers may take to arrive (the connection is closed beyond).")
 flags.DEFINE_float("paraphrase_threshold", None, "serve: cosine threshold for embedding "
                    "heads (default: the manifest's, else 0.68, calibrated for MiniLM on "
                    "MRPC dev).")
@@ -218,7 +222,7 @@ COMMANDS = {
     "verify": Command(
         "compare an artifact with the unrewritten model of its checkpoint",
         "bertc verify ARTIFACT [flags]",
-        (("verify", ("verify_data", "verify_rows", "per_pass", "json")),
+        (("verify", ("verify_data", "verify_rows", "per_pass", "skip_checksums", "json")),
          ("threads", ("intra_op_threads", "inter_op_threads"))),
         ("bertc verify artifacts/minilm --per_pass",)),
     "inspect": Command(
@@ -235,9 +239,9 @@ COMMANDS = {
     "serve": Command(
         "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
         "bertc serve --model ARTIFACT [flags]",
-        (("model", ("model", "model_name", "paraphrase_threshold")),
-         ("network", ("host", "port", "max_body_bytes", "max_instances", "body_timeout_s",
-                      "keepalive_timeout_s")),
+        (("model", ("model", "model_name", "paraphrase_threshold", "skip_checksums")),
+         ("network", ("host", "port", "max_body_bytes", "max_instances", "header_timeout_s",
+                      "body_timeout_s", "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
                        "max_batch_delay_ms", "max_queue"))),
         ("bertc serve --model artifacts/minilm --port 8501",),
@@ -332,7 +336,8 @@ def cmd_verify(args):
     report = verify_artifact.verify_artifact(artifact, data=FLAGS.verify_data,
                                              rows=FLAGS.verify_rows, per_pass=FLAGS.per_pass,
                                              intra_op_threads=FLAGS.intra_op_threads,
-                                             inter_op_threads=FLAGS.inter_op_threads)
+                                             inter_op_threads=FLAGS.inter_op_threads,
+                                             skip_checksums=FLAGS.skip_checksums)
     if FLAGS.json:
         print(json.dumps(report, indent=2))
     else:
@@ -382,8 +387,8 @@ def cmd_serve(args):
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
         max_body_bytes=FLAGS.max_body_bytes, body_timeout_s=FLAGS.body_timeout_s,
-        keepalive_timeout_s=FLAGS.keepalive_timeout_s,
-        paraphrase_threshold=FLAGS.paraphrase_threshold))
+        keepalive_timeout_s=FLAGS.keepalive_timeout_s, header_timeout_s=FLAGS.header_timeout_s,
+        paraphrase_threshold=FLAGS.paraphrase_threshold, skip_checksums=FLAGS.skip_checksums))
 
 
 def cmd_client(args):

@@ -10,7 +10,7 @@ import pytest
 from bertc.errors import BertcError
 from bertc.serving import artifact as artifact_lib
 from bertc.serving import paraphrase
-from bertc.artifact import tfserving_config
+from bertc.artifact import checksums, tfserving_config
 from bertc.serving.server import ServerConfig
 
 MANIFEST = {"batch_size": 4, "models": [{"seq_len": 128, "path": "seq_128/1"},
@@ -86,6 +86,7 @@ def _fake_artifact(tmp_path, **extra):
     os.makedirs(tmp_path / "seq_8" / "1")
     (tmp_path / "seq_8" / "1" / "saved_model.pb").write_bytes(b"")
     (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    doc.setdefault("checksums", checksums.record(str(tmp_path)))
     (tmp_path / "bertc.json").write_text(json.dumps(doc))
     return artifact_lib.load_artifact(str(tmp_path))
 

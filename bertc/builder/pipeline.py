@@ -8,7 +8,7 @@ Stages, each logged with its time and peak memory:
   export   write the SavedModel (and compile it for the target)
   verify   compare the written SavedModel with the unrewritten reference
 Artifact layout (written to a temporary sibling and renamed into place):
-  ARTIFACT/bertc.json          the manifest
+  ARTIFACT/bertc.json          the manifest (with the sha256 of every other file)
   ARTIFACT/vocab.txt           the tokenizer's vocabulary
   ARTIFACT/seq_<S>/1/          one SavedModel per sequence length (TF Serving layout)
   ARTIFACT/neuron/seq_<S>/1/   the Neuron-compiled SavedModel (--target neuron)
@@ -25,6 +25,7 @@ import numpy as np
 
 from bertc import atomic
 from bertc import passes as rewriting
+from bertc.artifact import checksums
 from bertc.artifact import manifest
 from bertc.artifact import saved_model_writer as export
 from bertc.builder.stages import StageLog
@@ -320,6 +321,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     if failed:
         raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
                            verify_reports)
+    doc[checksums.KEY] = checksums.record(tmp)  # every file so far; serve/verify check them
     manifest.write(tmp, doc)
     from bertc.artifact import tfserving_config
     tfserving_config.write_tf_serving_configs(

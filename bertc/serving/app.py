@@ -11,7 +11,9 @@
 path, 405 wrong method, 408 body not received within --body_timeout_s, 413 body over
 --max_body_bytes, 499 (metrics only) the client hung up, 503 + Retry-After when the
 queue is full or the server is draining, 500 when the batch failed (every request
-of that batch gets it). Handlers stay
+of that batch gets it) or an output holds NaN or Inf (never sent as a 200; counted
+in bertc_nonfinite_outputs_total). While draining every response says
+`Connection: close`, and requests read after the stop get 503. Handlers stay
 thin: parse, `server.infer(rows)`, format.
 """
 
@@ -20,6 +22,7 @@ import json
 import logging
 import time
 
+import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -172,7 +175,7 @@ async def _read_body(request: web.Request, server) -> bytes:
 
 async def _infer(server, rows):
     try:
-        return await server.infer(rows)
+        results = await server.infer(rows)
     except QueueFull as e:
         raise InputError("queue", f"full ({e.depth} rows waiting, --max_queue {e.limit}); "
                          "retry later", status=503,
@@ -184,6 +187,22 @@ async def _infer(server, rows):
     except Exception as e:  # noqa: BLE001 - the batch failed; every request in it gets this
         raise InputError("inference", f"failed: {e.__class__.__name__}: {e}",
                          status=500) from None
+    _refuse_nonfinite(server, results)
+    return results
+
+
+def _refuse_nonfinite(server, results) -> None:
+    """A NaN or Inf in any output is a 500 naming it (JSON has no NaN; a corrupted
+    model must not answer with numbers that look normal, such as a cosine of 0)."""
+    for name in (results[0] if results else ()):
+        bad = sum(1 for r in results if not np.all(np.isfinite(r[name])))
+        if bad:
+            server.metrics.observe_nonfinite(name)
+            logger.error("output %s: NaN or Inf in %d of %d row(s); is the artifact "
+                         "corrupted? (bertc verify checks it)", name, bad, len(results))
+            raise InputError(f"outputs.{name}", f"NaN or Inf in {bad} of {len(results)} "
+                             "row(s); the model gave no valid answer (the artifact may be "
+                             "corrupted)", status=500)
 
 
 async def _get_model(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 Serving stands on what `bertc build` wrote (ARTIFACT/bertc.json, ARTIFACT/vocab.txt,
 ARTIFACT/seq_<S>/1/) and never rebuilds the model: nothing here imports the
-model code. Every missing piece is reported as a BertcError naming the path.
+model code. Every missing piece is reported as a BertcError naming the path, and
+every file is checked against the sha256 the build recorded (bertc/artifact/checksums.py)
+before anything is loaded, unless `skip_checksums`.
 """
 
 import dataclasses
@@ -10,7 +12,7 @@ import logging
 import os
 from typing import Optional, Tuple
 
-from bertc.artifact import manifest
+from bertc.artifact import checksums, manifest
 from bertc.errors import BertcError
 from bertc.serving import paraphrase
 
@@ -65,8 +67,9 @@ class Artifact:
         return None
 
 
-def load_artifact(path: str) -> Artifact:
-    """Reads and checks an artifact directory written by `bertc build`."""
+def load_artifact(path: str, skip_checksums: bool = False) -> Artifact:
+    """Reads and checks an artifact directory written by `bertc build`; its files'
+    checksums too, unless skip_checksums."""
     if not os.path.isdir(path):
         raise BertcError(f"`model` {path}: not a directory; expected an artifact written by "
                          "bertc build (bertc.json, vocab.txt, seq_<S>/1/)")
@@ -103,6 +106,7 @@ def load_artifact(path: str) -> Artifact:
     elif art.target != "cpu":
         logger.warning("%s: built for target %s; serving its CPU SavedModels (seq_<S>/1)",
                        path, art.target)
+    checksums.check(art.path, doc, skip_checksums)
     return art
 
 

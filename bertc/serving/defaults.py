@@ -19,5 +19,6 @@ MAX_BATCH_DELAY_MS = BATCH_DELAY_MS  # = TF Serving's batch_timeout_micros in th
 MAX_QUEUE = 512          # rows waiting for a batch, all buckets together
 MAX_INSTANCES = 64       # instances in one request
 MAX_BODY_BYTES = 1 << 20
+HEADER_TIMEOUT_S = 60.0   # headers not received in this time: closed (nginx client_header_timeout)
 BODY_TIMEOUT_S = 60.0     # a body not received in this time: 408 (nginx client_body_timeout)
 KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed (nginx keepalive_timeout)

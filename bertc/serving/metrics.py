@@ -8,6 +8,8 @@ Prometheus (prometheus-client, one registry per server):
   bertc_batch_fill_ratio{seq_len}             real rows / static batch size, per batch
   bertc_batch_seconds{seq_len}                model time per batch
   bertc_queue_depth{seq_len}                  rows waiting (read at scrape time)
+  bertc_nonfinite_outputs_total{output}       requests refused (500) because an output
+                                              held NaN or Inf (a corrupted model)
 The log line, once a second and only when there was traffic (buckets listed when
 more than one ran):
   212.0 inferences/s in 53 batches (fill 0.98); queue 3; 106 requests, latency p50
@@ -48,6 +50,9 @@ class ServerMetrics:
                                             ["seq_len"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = prom.Gauge("bertc_queue_depth", "Rows waiting for a batch",
                                       ["seq_len"], registry=r)
+        self.nonfinite = prom.Counter("bertc_nonfinite_outputs", "Requests answered 500 "
+                                      "because an output held NaN or Inf", ["output"],
+                                      registry=r)
         for seq_len in seq_lens:
             label = str(seq_len)
             self.inferences.labels(label)
@@ -65,6 +70,9 @@ class ServerMetrics:
         self.batches.labels(label).inc()
         self.fill.labels(label).observe(real / batch_size)
         self.batch_seconds.labels(label).observe(seconds)
+
+    def observe_nonfinite(self, output: str) -> None:
+        self.nonfinite.labels(output).inc()
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

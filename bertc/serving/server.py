@@ -55,6 +55,8 @@ class ServerConfig:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     body_timeout_s: float = defaults.BODY_TIMEOUT_S
     keepalive_timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S
+    header_timeout_s: float = defaults.HEADER_TIMEOUT_S
+    skip_checksums: bool = False  # serve without checking the files' recorded sha256
     paraphrase_threshold: Optional[float] = None
     shutdown_timeout_s: float = 60.0
     log_interval_s: float = 1.0
@@ -73,7 +75,7 @@ class ServerConfig:
         if self.max_batch_delay_ms < 0:
             raise BertcError(f"`max_batch_delay_ms` {self.max_batch_delay_ms}: expected "
                              ">= 0")
-        for flag in ("body_timeout_s", "keepalive_timeout_s"):
+        for flag in ("body_timeout_s", "keepalive_timeout_s", "header_timeout_s"):
             if not getattr(self, flag) > 0:
                 raise BertcError(f"`{flag}` {getattr(self, flag)}: expected seconds > 0")
         if not 0 <= self.port <= 65535:
@@ -130,7 +132,7 @@ class Server:
         config.check()
         check_listen(config.host, config.port)
         self.config = config
-        self.artifact = artifact_lib.load_artifact(config.model)
+        self.artifact = artifact_lib.load_artifact(config.model, config.skip_checksums)
         self.name = config.model_name or self.artifact.default_name
         largest = self.max_request_rows()
         if config.max_queue < largest:

@@ -2,7 +2,8 @@
 
 The reference is the unrewritten fp32 model built from the checkpoint recorded in
 the manifest (its checksums are checked first, so a changed checkpoint is named,
-not silently compared). Thresholds come from the manifest (exact or approximate
+not silently compared); the artifact's own files are checked against the sha256
+recorded at build before any is loaded (unless `skip_checksums`). Thresholds come from the manifest (exact or approximate
 build) unless given.
 """
 
@@ -11,6 +12,7 @@ import os
 from typing import Optional
 
 from bertc import passes as rewriting
+from bertc.artifact import checksums as artifact_checksums
 from bertc.artifact import manifest
 from bertc.errors import BertcError
 from bertc.model import freeze, modeling
@@ -37,11 +39,14 @@ def check_checksums(doc: dict) -> None:
 
 def verify_artifact(artifact: str, data: str = None, rows: int = None, thresholds: dict = None,
                     seq_lens=None, random_rows: int = 32, per_pass: bool = False,
-                    intra_op_threads: int = None, inter_op_threads: int = None) -> dict:
+                    intra_op_threads: int = None, inter_op_threads: int = None,
+                    skip_checksums: bool = False) -> dict:
     """Verifies every (or the given) sequence length of an artifact.
 
     intra_op_threads / inter_op_threads: the served run's threads (default: serve's);
     each run's settings are recorded in the report (`runs[name]['config']`).
+    skip_checksums: do not check the artifact's files against their recorded sha256
+    (logged as a warning); without it a changed file is refused, naming it.
 
     With per_pass, also applies the artifact's passes one prefix at a time to the
     reference and reports the error after each (see bertc.verify.per_pass).
@@ -52,6 +57,7 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         if value is not None and (isinstance(value, bool) or value < 1):
             raise BertcError(f"`{flag}` {value}: expected a positive integer")
     doc = manifest.read(artifact)
+    artifact_checksums.check(artifact, doc, skip_checksums)
     check_checksums(doc)
     ckpt = load.load_source(**load.manifest_source(doc), checksums=False)
     model = modeling.BertModel(ckpt.config, ckpt.weights)
