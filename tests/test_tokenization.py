@@ -293,3 +293,54 @@ def test_read_text_file_and_dispatch(tmp_path):
         read_text_file(many_tabs)
     with pytest.raises(BertcError, match="missing.txt"):
         read_pairs(tmp_path / "missing.txt")
+
+
+# --- encoding stops at the tokens it needs ------------------------------------------
+
+_PIECES = ["the", "Quick", "brown", "fox", "unaffable", "naïve", "Café", "cafe\u0301", "中文字",
+           "ΟΔΟΣ", "İstanbul", "straße", "😀", "\u200b", "\x00", "\x07", "\u0301", "-", ",",
+           "...", "'s", "a" * 99, "b" * 101, "x" * 150, "1234", " ", "  ", "\t", "\n",
+           "\r\n", "\u3000", "\u00a0"]
+
+
+def test_prefix_tokenizing_gives_the_first_ids_of_the_whole_text(tokenizer, monkeypatch):
+    """Property: `_ids(texts, n)` (read from growing prefixes) == the whole text's ids
+    cut to n, on generated texts; one character per token first, so prefixes cut
+    words, accents, CJK, long [UNK] words and whitespace runs everywhere."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    from bertc.text import tokenization
+    monkeypatch.setattr(tokenization, "PREFIX_CHARS_PER_TOKEN", 1)
+    texts = st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=8)),
+                     max_size=60).map("".join)
+
+    @hypothesis.settings(max_examples=400, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.lists(texts, min_size=1, max_size=3), st.integers(1, 40))
+    def check(batch, limit):
+        whole = tokenizer._ids(batch)
+        assert tokenizer._ids(batch, limit) == [ids[:limit] for ids in whole]
+
+    check()
+
+
+def test_a_huge_text_encodes_as_transformers_encodes_it_whole(tokenizer, mrpc):
+    """A 1 MB text, a text of 200,000 spaces before its words, and a long pair, at
+    seq 64: the same features as transformers' pure-Python tokenizer on the whole
+    texts (run_classifier's layout), read from prefixes of a few KB."""
+    legacy = pytest.importorskip("transformers.models.bert.tokenization_bert_legacy")
+    hf = legacy.BertTokenizerLegacy(vocab_file=_minilm_vocab_path(), do_lower_case=True)
+    story = " ".join(p.text_a for p in mrpc)  # ~45 KB of real sentences
+    huge = story * (1_000_000 // len(story) + 1)
+    cases = [(huge, None), (" " * 200_000 + "Hello there, world!", None),
+             ("x" * 300_000 + " and then words", None), (story, story[::-1]),
+             (story[:3000], "short one")]
+    for text_a, text_b in cases:
+        enc = tokenizer.encode(text_a, text_b, 64)
+        # transformers on the whole texts; the 1 MB one on its first 100 KB, which its
+        # (linear, pure-Python) tokenizer gives the same first 64 tokens as the whole
+        hf_a = text_a[:100_000] if text_a is huge else text_a
+        ids, mask, segments = _google_features(hf, hf_a, text_b, 64)
+        assert (enc.input_ids, enc.input_mask, enc.segment_ids) == (ids, mask, segments), \
+            (text_a[:40], text_b and text_b[:40])
+        assert enc.truncated == (sum(mask) == 64)

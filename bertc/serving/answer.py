@@ -104,6 +104,6 @@ async def handle(server, doc, infer) -> dict:
     instances = parse_answer(doc, server.config.max_instances, art.head)
     # Off the event loop, as :classify's tokenizing: a long context must not stall others.
     planned, rows = await asyncio.get_running_loop().run_in_executor(
-        None, plan, instances, server.encoder.tokenizer, art)
+        server.text_pool, plan, instances, server.encoder.tokenizer, art)
     results = await infer(server, rows)
     return {"predictions": format_answers(instances, planned, results, art.max_seq_len)}

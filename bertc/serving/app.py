@@ -139,9 +139,11 @@ async def _post_model(request: web.Request) -> web.Response:
     if verb == "answer":
         return _json(await answer.handle(server, doc, _infer))
     instances = classify.parse_classify(doc, server.config.max_instances)
-    # Off the event loop: tokenizing large texts must not stall /ping and other requests.
+    # Off the event loop (a pool of one thread per replica): tokenizing large texts must
+    # not stall /ping and other requests.
     planned = await asyncio.get_running_loop().run_in_executor(
-        None, classify.encode_instances, instances, server.encoder, server.artifact.head)
+        server.text_pool, classify.encode_instances, instances, server.encoder,
+        server.artifact.head)
     rows = [(r.seq_len, r.feeds) for inst_rows in planned for r in inst_rows]
     results = await _infer(server, rows)
     answers, i = [], 0

@@ -149,6 +149,10 @@ class Server:
                                                  self.artifact.batch_size, self.batcher.depth)
         self.window = metrics_lib.TrafficWindow()
         self.encoder = TextEncoder(self.artifact)
+        # tokenizing (:classify, :answer) runs here, off the event loop: one thread per
+        # replica, as many texts in work as batches the replicas can run
+        self.text_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.parallel, thread_name_prefix="bertc-text")
         self.draining = False
         factory = model_factory or replica_lib.model_factory(self.artifact, config.parallel,
                                                              config.inter_op_threads)
@@ -236,6 +240,7 @@ class Server:
 
     def join_replicas(self) -> None:
         self.batcher.close()
+        self.text_pool.shutdown(wait=True)
         for replica in self.replicas:
             replica.join()
             close = getattr(replica.model, "close", None)

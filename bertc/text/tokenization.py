@@ -6,6 +6,15 @@ with `[UNK]` and a 100-character word limit). Encoding into fixed-length
 `input_ids` / `input_mask` / `segment_ids` follows google-research/bert
 `run_classifier.convert_single_example`, including its `_truncate_seq_pair`
 longest-first truncation (ties drop a token from the second sentence).
+
+Encoding stops at the tokens it needs: a text is tokenized from a prefix of
+`PREFIX_CHARS_PER_TOKEN` characters per token wanted (seq_len - 1: one past what
+fits, so truncation is still seen), and only the tokens of words that end before
+the prefix's last word are kept, since that word may be cut; with too few, the
+prefix grows 4x, up to the whole text. The ids are therefore exactly the first
+ones of the whole text, for every text (tests/test_tokenization.py checks it on
+generated texts): a 900 KB text costs one prefix of a few KB, and a text of
+spaces or one huge word at most 4/3 of tokenizing it whole.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ REQUIRED_TOKENS = (CLS_TOKEN, SEP_TOKEN, PAD_TOKEN, UNK_TOKEN)
 
 # Google's WordpieceTokenizer default: longer words become a single [UNK].
 MAX_INPUT_CHARS_PER_WORD = 100
+
+# Characters read per token wanted, first: English averages 4-5 per WordPiece.
+PREFIX_CHARS_PER_TOKEN = 16
 
 # A vocab is "cased" when more than this fraction of its ordinary tokens change
 # under lower-casing. Google's uncased vocabs have none (a handful of stray ones
@@ -193,11 +205,30 @@ class WordPieceTokenizer:
         normalizer's alignment), `.word_ids` and `.word_to_chars`."""
         return self._tokenizer.encode(_check_text(text), add_special_tokens=False)
 
-    def _ids(self, texts: list[str]) -> list[list[int]]:
+    def _ids(self, texts: list[str], limit: Optional[int] = None) -> list[list[int]]:
+        """The WordPiece ids of each text; with `limit`, its first `limit` ids only,
+        read from a prefix of the text (see the module docstring), equal to
+        `_ids(texts)[i][:limit]`."""
         if not texts:
             return []
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [e.ids for e in encodings]
+        if limit is None:
+            return [e.ids for e in self._tokenizer.encode_batch(texts,
+                                                                add_special_tokens=False)]
+        ids: list = [None] * len(texts)
+        pending = list(range(len(texts)))
+        chars = max(1, limit) * PREFIX_CHARS_PER_TOKEN
+        while pending:
+            encodings = self._tokenizer.encode_batch([texts[i][:chars] for i in pending],
+                                                     add_special_tokens=False)
+            short = []
+            for i, encoding in zip(pending, encodings):
+                if len(texts[i]) <= chars or _whole_word_tokens(encoding) >= limit:
+                    ids[i] = encoding.ids[:limit]
+                else:
+                    short.append(i)
+            pending = short
+            chars *= 4
+        return ids
 
     def _layout(self, ids_a: list[int], ids_b: list[int] | None,
                 seq_len: int) -> tuple[list[int], int, bool]:
@@ -228,7 +259,7 @@ class WordPieceTokenizer:
         texts = [_check_text(text_a)]
         if text_b:
             texts.append(_check_text(text_b))
-        token_ids = self._ids(texts)
+        token_ids = self._ids(texts, _needed(seq_len))
         ids, split, truncated = self._layout(
             token_ids[0], token_ids[1] if len(token_ids) > 1 else None, seq_len)
         n = len(ids)
@@ -254,7 +285,7 @@ class WordPieceTokenizer:
             texts.append(_check_text(text_a))
             if text_b:
                 texts.append(_check_text(text_b))
-        token_ids = iter(self._ids(texts))
+        token_ids = iter(self._ids(texts, _needed(seq_len)))
         count = len(examples)
         input_ids = np.full((count, seq_len), self._pad_id, dtype=np.int32)
         input_mask = np.zeros((count, seq_len), dtype=np.int32)
@@ -269,6 +300,28 @@ class WordPieceTokenizer:
             segment_ids[row, split:n] = 1
         return {"input_ids": input_ids, "input_mask": input_mask,
                 "segment_ids": segment_ids}
+
+
+def _needed(seq_len: int) -> int:
+    """Ids per text that decide an encoding at seq_len: one more than fit beside the
+    specials ([CLS] a [SEP]: seq_len - 2), so truncation shows. For a pair, with m =
+    seq_len - 3 the room for both, lists cut to any k > m keep the longest-first
+    lengths and whether any was cut: truncate_pair_lengths(min(a, k), min(b, k), m)
+    equals truncate_pair_lengths(a, b, m), and min(a, k) + min(b, k) > m iff a + b > m."""
+    return seq_len - 1
+
+
+def _whole_word_tokens(encoding) -> int:
+    """Tokens of an Encoding of a prefix that come from words before its last one
+    (the last word may be cut by the prefix; the words before it are whole)."""
+    words = encoding.word_ids
+    if not words:
+        return 0
+    last = words[-1]
+    count = len(words)
+    while count and words[count - 1] == last:
+        count -= 1
+    return count
 
 
 def _check_text(text) -> str:
