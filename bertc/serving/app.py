@@ -65,6 +65,9 @@ async def _errors_and_metrics(request: web.Request, handler):
     start = time.monotonic()
     route = "other"
     try:
+        if server.draining and request.method == "POST":  # read after the stop
+            request[ROUTE] = _route_of(request.path)
+            raise _shutting_down()
         response = await handler(request)
     except (asyncio.CancelledError, ConnectionError):  # the client hung up
         logger.info("%s %s: client disconnected before its answer", request.method,
@@ -80,14 +83,24 @@ async def _errors_and_metrics(request: web.Request, handler):
     except Exception as e:  # noqa: BLE001 - any failure is a JSON 500
         logger.exception("%s %s failed", request.method, request.path)
         response = _json({"error": f"internal error: {e.__class__.__name__}: {e}"}, 500)
-    if response.headers.get("Connection") == "close":
-        response.force_close()
+    if server.draining or response.headers.get("Connection") == "close":
+        response.force_close()  # draining: the connection closes after this answer
     route = request.get(ROUTE, route)
     seconds = time.monotonic() - start
     server.metrics.observe_request(route, response.status, seconds)
     if route in _VERBS and response.status == 200:
         server.window.add_latency(seconds)
     return response
+
+
+def _shutting_down() -> InputError:
+    return InputError("server", "shutting down; retry on another replica", status=503,
+                      headers={"Retry-After": RETRY_AFTER_S, "Connection": "close"})
+
+
+def _route_of(path: str) -> str:
+    verb = path.rpartition(":")[2]
+    return verb if verb in _VERBS else "other"
 
 
 def _allow_header(e: web.HTTPException):
@@ -183,9 +196,7 @@ async def _infer(server, rows):
                          "retry later", status=503,
                          headers={"Retry-After": RETRY_AFTER_S}) from None
     except BatcherClosed:
-        raise InputError("server", "shutting down; retry on another replica", status=503,
-                         headers={"Retry-After": RETRY_AFTER_S, "Connection": "close"}
-                         ) from None
+        raise _shutting_down() from None
     except Exception as e:  # noqa: BLE001 - the batch failed; every request in it gets this
         raise InputError("inference", f"failed: {e.__class__.__name__}: {e}",
                          status=500) from None

@@ -16,8 +16,9 @@ As in TorchServe (`batch_size`, `max_batch_delay`) and TF Serving
   that does not fit is refused whole with QueueFull;
 - a row whose future was cancelled before a replica took it (its client went
   away) is dropped, never run; once taken, it runs with its batch;
-- close() refuses new rows; replicas drain what is queued without waiting for
-  the delay, then next_batch() returns None.
+- drain() cuts batches without waiting for the delay and still takes rows (of
+  requests read before a shutdown); close() refuses new rows; replicas drain what
+  is queued, then next_batch() returns None.
 Every timeout uses the monotonic clock.
 """
 
@@ -117,6 +118,7 @@ class Batcher:
                                                       for s in sorted(seq_lens)}
         self._depth = 0
         self._closed = False
+        self._draining = False
 
     @property
     def closed(self) -> bool:
@@ -164,6 +166,12 @@ class Batcher:
                     return None
                 self._cond.wait(self._wait_s(now))
 
+    def drain(self) -> None:
+        """Queued and new rows run without waiting for the delay; rows still accepted."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Refuses new rows; queued rows are still handed out (drain)."""
         with self._cond:
@@ -176,7 +184,7 @@ class Batcher:
         busy bucket cannot starve a quiet one. None: nothing is due."""
         ready = []
         for seq_len, queue in self._queues.items():
-            if queue and (len(queue) >= self.batch_size or self._closed
+            if queue and (len(queue) >= self.batch_size or self._closed or self._draining
                           or now - queue[0].enqueued >= self.max_delay_s):
                 ready.append((queue[0].enqueued, seq_len))
         return min(ready)[1] if ready else None

@@ -21,4 +21,5 @@ MAX_INSTANCES = 64       # instances in one request
 MAX_BODY_BYTES = 1 << 20
 HEADER_TIMEOUT_S = 60.0   # headers not received in this time: closed (nginx client_header_timeout)
 BODY_TIMEOUT_S = 60.0     # a body not received in this time: 408 (nginx client_body_timeout)
+DRAIN_IDLE_S = 2.0        # at shutdown, idle keep-alive connections stay open this long
 KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection is closed (nginx keepalive_timeout)

@@ -2,9 +2,12 @@
 
   start:    load the artifact, N replicas (each warms every bucket), bind the port
   serve:    handlers -> Batcher -> replicas; a per-second traffic log line
-  shutdown: (SIGTERM/SIGINT) stop listening, refuse new work with 503, run
-            everything queued without waiting for the delay, answer every
-            in-flight request, join the replicas, exit 0
+  shutdown: (SIGTERM/SIGINT) stop listening; requests read from then on get 503 +
+            Connection: close; everything queued runs without waiting for the
+            delay; every in-flight request gets its answer (Connection: close);
+            keep-alive connections stay open `drain_idle_s` for a request in
+            flight to be read and answered, then get a lingering close
+            (protocol.py); join the replicas, exit 0
 
 `run(config)` is `bertc serve`; `BackgroundServer` runs the same server on a
 thread of its own (tests, notebooks, benchmarks).
@@ -59,6 +62,7 @@ class ServerConfig:
     skip_checksums: bool = False  # serve without checking the files' recorded sha256
     paraphrase_threshold: Optional[float] = None
     shutdown_timeout_s: float = 60.0
+    drain_idle_s: float = defaults.DRAIN_IDLE_S  # idle connections open after the stop
     log_interval_s: float = 1.0
 
     def check(self) -> None:
@@ -197,7 +201,7 @@ class Server:
         self._runner = protocol.JsonErrorRunner(
             application, handle_signals=False, access_log=None,
             shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True,
-            keepalive_timeout=cfg.keepalive_timeout_s)
+            keepalive_timeout=cfg.keepalive_timeout_s, header_timeout_s=cfg.header_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
         try:
@@ -219,18 +223,26 @@ class Server:
         return self.port
 
     async def shutdown(self) -> None:
-        """Stops listening, drains queued rows, answers in-flight requests, joins replicas."""
+        """Stops listening, drains queued rows, answers in-flight requests (and 503s
+        those read after the stop), closes the connections, joins replicas."""
         if self.draining:
             return
-        self.draining = True
+        self.draining = True  # from now on: 503 for new requests, Connection: close
         queued = self.batcher.depth()
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()  # no new connections
-        self.batcher.close()  # new rows get 503; queued ones run without the delay
+        self.batcher.drain()  # queued rows run without the delay
         logger.info("shutting down: not accepting; draining %d queued row(s)", queued)
         if self._runner is not None:
-            await self._runner.cleanup()  # waits for in-flight handlers
+            left = await protocol.drain_connections(self._runner.server,
+                                                    self.config.drain_idle_s,
+                                                    self.config.shutdown_timeout_s)
+            if left:
+                logger.warning("shutting down: %d connection(s) still open after %g s; "
+                               "closing them", left, self.config.shutdown_timeout_s)
+            self.batcher.close()
+            await self._runner.cleanup()  # what is left
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.join_replicas)
         if self._log_task is not None:
