@@ -129,6 +129,10 @@ flags.DEFINE_string("host", serving_defaults.HOST, "serve: address to bind; 0.0.
                     "interfaces) must be asked for.")
 flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving's REST "
                      "port; 0: any free port, logged).", lower_bound=0, upper_bound=65535)
+flags.DEFINE_integer("grpc_port", None, "serve: also serve gRPC on this port (TF Serving's "
+                     "PredictionService and KServe v2's GRPCInferenceService; TF Serving "
+                     "uses 8500; 0: any free port, logged). Default: no gRPC.",
+                     lower_bound=0, upper_bound=65535)
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
                      "thread with its own Session over every bucket (2 x 1 thread was "
                      "fastest on 2 cores).", lower_bound=1)
@@ -236,8 +240,8 @@ COMMANDS = {
         "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold")),
-         ("network", ("host", "port", "max_body_bytes", "max_instances", "body_timeout_s",
-                      "keepalive_timeout_s")),
+         ("network", ("host", "port", "grpc_port", "max_body_bytes", "max_instances",
+                      "body_timeout_s", "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
                        "max_batch_delay_ms", "max_queue"))),
         ("bertc serve --model artifacts/minilm --port 8501",),
@@ -377,7 +381,7 @@ def cmd_serve(args):
                          "by bertc build")
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
-        parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
+        grpc_port=FLAGS.grpc_port, parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
         inter_op_threads=FLAGS.inter_op_threads or 1,
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,

@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from bertc.serving import answer, classify, predict
 from bertc.serving.batcher import BatcherClosed, QueueFull
+from bertc.serving.protocols import v2_rest
 from bertc.serving.validation import InputError, parse_json
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def make_app(server) -> web.Application:
         web.get("/ping", _ping, name="ping"),
         web.get("/metrics", _metrics, name="metrics"),
     ])
+    application.add_routes(v2_rest.routes(SERVER, ROUTE, _read_body, _infer))  # KServe v2
     return application
 
 
@@ -184,6 +186,9 @@ async def _infer(server, rows):
     except Exception as e:  # noqa: BLE001 - the batch failed; every request in it gets this
         raise InputError("inference", f"failed: {e.__class__.__name__}: {e}",
                          status=500) from None
+
+
+infer_or_refuse = _infer  # the gRPC services refuse through the same errors
 
 
 async def _get_model(request: web.Request) -> web.Response:
