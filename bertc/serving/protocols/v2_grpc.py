@@ -5,7 +5,8 @@ ships (tritonclient.grpc.service_pb2, service_pb2_grpc), the same ones
 tritonclient.grpc sends:
 
   ServerLive, ServerReady (false while draining), ServerMetadata
-  ModelReady, ModelMetadata     model_name, model_version "" | "1"
+  ModelReady                    false for another model or version, or while draining
+  ModelMetadata                 model_name, model_version "" | "1"
   ModelInfer                    inputs [{name, datatype INT32 | INT64, shape [B, L],
                                 contents.int_contents | int64_contents}] or, as
                                 tritonclient sends them, raw_input_contents (one
@@ -40,10 +41,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                   extensions=list(v2.EXTENSIONS))
 
     async def ModelReady(self, request, context):
-        async def ready():
-            v2.check_model(self._server, request.name, request.version)
-            return service_pb2.ModelReadyResponse(ready=not self._server.draining)
-        return await calls.serve(self._server, "v2_grpc_health", context, ready)
+        """ready false for a model or version not served, as Triton answers."""
+        served = request.name == self._server.name and request.version in ("", "1")
+        return service_pb2.ModelReadyResponse(ready=served and not self._server.draining)
 
     async def ModelMetadata(self, request, context):
         async def metadata():

@@ -1,0 +1,370 @@
+"""`bertc serve --grpc_port` against the real clients of each protocol, over sockets.
+
+A `bertc serve` subprocess (127.0.0.1, ports chosen by the OS and read from its
+log) serves the tiny random artifact over REST and gRPC. The clients are the
+published ones (tests/protocol_clients.py): tensorflow-serving-api's
+PredictionServiceStub, tritonclient.http, tritonclient.grpc, and plain REST.
+Answers are compared with the artifact's SavedModels run directly (OfflineModel);
+refusals with each protocol's own error (gRPC status / HTTP status, field named).
+"""
+
+import collections
+import http.client
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import bertc_testing as bt
+import protocol_clients as pc
+from test_serving_support import OfflineModel, tiny_artifact
+
+NAME = "tiny"
+ATOL = 1e-5
+CLIENTS = 48
+REQUESTS_PER_CLIENT = 4
+RETRIES = 20  # a client refused for a full queue waits and sends again (Retry-After)
+
+
+class Served:
+    """A `bertc serve` subprocess: its REST url, gRPC target and log."""
+
+    def __init__(self, artifact, *flags):
+        self.proc = subprocess.Popen(
+            bt.cli_command("serve", "--model", artifact, "--model_name", NAME, "--port", "0",
+                           "--grpc_port", "0", *flags),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=bt.cli_env())
+        self.lines = []
+        self.url = self.grpc_target = None
+        deadline = time.monotonic() + 120
+        while (self.url is None or self.grpc_target is None) and time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if m := re.search(r"over gRPC on (127\.0\.0\.1:\d+)", line):
+                self.grpc_target = m.group(1)
+            if m := re.search(r" on (http://127\.0\.0\.1:\d+) ", line):
+                self.url = m.group(1)
+        if self.url is None or self.grpc_target is None:
+            self.kill()
+            pytest.fail("bertc serve did not start:\n" + "".join(self.lines))
+        self._reader = threading.Thread(target=self._drain_log, daemon=True)
+        self._reader.start()
+
+    def _drain_log(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def stop(self, timeout=60):
+        """SIGTERM (drain), then the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return tiny_artifact(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def offline(artifact):
+    return OfflineModel(artifact)
+
+
+@pytest.fixture(scope="module")
+def served(artifact):
+    # --max_queue 16: the least the server takes (8 instances x 2); 48 clients overfill it,
+    # so the load test also sees RESOURCE_EXHAUSTED / 503 refusals and their retries.
+    server = Served(artifact, "--parallel", "2", "--max_batch_delay_ms", "5",
+                    "--max_instances", "8", "--max_queue", "16")
+    yield server
+    assert server.stop() == 0, "".join(server.lines[-20:])
+
+
+def random_request(rng, rows=None, length=None):
+    """{input name: int32 [B, L]}: B rows of L real tokens (mask all ones)."""
+    rows = rows or int(rng.integers(1, 3))
+    length = length or int(rng.integers(3, 65))
+    ids = rng.integers(1000, 30522, (rows, length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    segments = np.zeros_like(ids)
+    segments[:, length // 2:] = 1
+    return {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": segments}
+
+
+def offline_embeddings(offline, requests):
+    """The offline embedding of every row of `requests`, run per bucket in full batches."""
+    by_bucket = collections.defaultdict(list)
+    for r, arrays in enumerate(requests):
+        length = arrays["input_ids"].shape[1]
+        for i in range(arrays["input_ids"].shape[0]):
+            by_bucket[32 if length <= 32 else 64].append(
+                ((r, i), [arrays[n][i].tolist() for n in ("input_ids", "input_mask",
+                                                            "segment_ids")]))
+    expected = {}
+    for seq_len, items in by_bucket.items():
+        results = offline.run_rows(seq_len, [row for _, row in items])
+        expected.update({key: result["embedding"] for (key, _), result in zip(items, results)})
+    return expected
+
+
+# --- 48 concurrent clients, every protocol, answers equal offline ----------------------
+
+def test_48_concurrent_clients_of_every_protocol_get_offline_answers(served, offline):
+    rng = np.random.default_rng(18)
+    plan = [(pc.PROTOCOLS[c % len(pc.PROTOCOLS)],
+             [random_request(rng) for _ in range(REQUESTS_PER_CLIENT)])
+            for c in range(CLIENTS)]
+    answers = {}   # (client, request) -> {output: array}
+    counts = {p: collections.Counter() for p in pc.PROTOCOLS}
+    lock = threading.Lock()
+    failures = []
+
+    def client(c, protocol, requests):
+        try:
+            connection = pc.make(protocol, served.url, served.grpc_target)
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(f"{protocol} client {c}: {e!r}")
+            return
+        try:
+            for j, arrays in enumerate(requests):
+                for _ in range(RETRIES):
+                    with lock:
+                        counts[protocol]["sent"] += 1
+                    try:
+                        outputs = connection.infer(arrays)
+                    except pc.Refused as e:
+                        full = e.code in ("RESOURCE_EXHAUSTED", 503) and "queue" in e.message
+                        with lock:
+                            counts[protocol]["rejected" if full else "lost"] += 1
+                        if not full:
+                            failures.append(f"{protocol}: {e}")
+                            break
+                        time.sleep(0.05 * (1 + rng.random()))
+                        continue
+                    except Exception as e:  # noqa: BLE001 - timeouts, resets: lost
+                        with lock:
+                            counts[protocol]["lost"] += 1
+                        failures.append(f"{protocol}: {e!r}")
+                        break
+                    with lock:
+                        counts[protocol]["answered"] += 1
+                    answers[(c, j)] = outputs
+                    break
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(c, p, reqs))
+               for c, (p, reqs) in enumerate(plan)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    wall = time.monotonic() - start
+    print_table("48 concurrent clients, max_queue 16", counts, wall)
+    assert not failures, failures[:5]
+    assert len(answers) == CLIENTS * REQUESTS_PER_CLIENT
+    flat = [arrays for _, requests in plan for arrays in requests]
+    expected = offline_embeddings(offline, flat)
+    for (c, j), outputs in answers.items():
+        r = c * REQUESTS_PER_CLIENT + j
+        got = outputs["embedding"]
+        assert got.shape == (flat[r]["input_ids"].shape[0], 32), (plan[c][0], got.shape)
+        for i in range(got.shape[0]):
+            np.testing.assert_allclose(got[i], expected[(r, i)], atol=ATOL,
+                                       err_msg=f"{plan[c][0]} client {c} request {j} row {i}")
+
+
+def print_table(title, counts, wall):
+    print(f"\n{title} ({wall:.1f} s): protocol, sent, answered, rejected, lost")
+    for protocol, count in counts.items():
+        print(f"  {protocol}: {count['sent']}, {count['answered']}, {count['rejected']}, "
+              f"{count['lost']}")
+
+
+# --- bad requests get their protocol's error, naming the field -------------------------
+
+def _good():
+    return random_request(np.random.default_rng(1), rows=1, length=6)
+
+
+def _renamed():
+    arrays = _good()
+    arrays["input_maks"] = arrays.pop("input_mask")
+    return arrays
+
+
+def _as(dtype):
+    return {"input_ids": _good()["input_ids"].astype(dtype)}
+
+
+def _flat():
+    return {"input_ids": _good()["input_ids"][0]}
+
+
+BAD = {  # case -> (arrays, infer() keywords, field named in the message)
+    "wrong input name": (_renamed, {}, "input_maks"),
+    "wrong dtype": (lambda: _as(np.float32), {}, "input_ids"),
+    "wrong shape": (_flat, {}, "input_ids"),
+    "token id out of range": (lambda: {"input_ids": np.array([[101, 40000, 102]], np.int32)},
+                              {}, "[0][1]"),
+    "unknown model": (_good, {"model": "nope"}, "'nope' not found"),
+    "unknown version": (_good, {"version": "7"}, "'7' not found"),
+    "unknown signature": (_good, {"signature": "classify"}, "signature_name"),
+    "missing output": (_good, {"outputs": ["logits"]}, "'logits' not an output"),
+}
+#: protocol -> case -> expected code. Plain TF Serving REST has no output filter, and
+#: v2 no signatures (those cases are not sent there). REST reads floats as a type error
+#: of the JSON values, the others as the tensor's dtype.
+EXPECTED = {
+    "tfs_grpc": {"unknown model": "NOT_FOUND", "unknown version": "NOT_FOUND"},
+    "v2_grpc": {"unknown model": "NOT_FOUND", "unknown version": "NOT_FOUND"},
+    "v2_http": {"unknown model": 404, "unknown version": 404},
+    "rest": {"unknown model": 404, "unknown version": 404},
+}
+NOT_SENT = {("v2_http", "unknown signature"), ("v2_grpc", "unknown signature"),
+            ("rest", "missing output")}
+
+
+def _cases():
+    for protocol in pc.PROTOCOLS:
+        for case in BAD:
+            if (protocol, case) not in NOT_SENT:
+                yield pytest.param(protocol, case, id=f"{protocol}-{case}")
+
+
+@pytest.mark.parametrize("protocol,case", list(_cases()))
+def test_bad_request_gets_the_protocol_error(served, protocol, case):
+    make_arrays, keywords, field = BAD[case]
+    bad_code = "INVALID_ARGUMENT" if "grpc" in protocol else 400
+    expected_code = EXPECTED[protocol].get(case, bad_code)
+    connection = pc.make(protocol, served.url, served.grpc_target)
+    try:
+        with pytest.raises(pc.Refused) as refused:
+            connection.infer(make_arrays(), **keywords)
+    finally:
+        connection.close()
+    assert refused.value.code == expected_code, refused.value
+    assert field in refused.value.message, refused.value
+    if case == "wrong dtype" and protocol != "rest":
+        assert "dtype" in refused.value.message or "datatype" in refused.value.message
+    if case == "wrong shape" and protocol != "rest":
+        assert ".shape" in refused.value.message
+
+
+def test_metadata_and_health_through_the_real_clients(served):
+    import grpc
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+    from tensorflow_serving.apis import (get_model_metadata_pb2, prediction_service_pb2_grpc)
+    from tensorflow.core.framework import types_pb2
+    with grpc.insecure_channel(served.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=["signature_def"])
+        request.model_spec.name = NAME
+        response = stub.GetModelMetadata(request, timeout=30)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        assert response.metadata["signature_def"].Unpack(signatures)
+        signature = signatures.signature_def["serving_default"]
+        assert sorted(signature.inputs) == ["input_ids", "input_mask", "segment_ids"]
+        assert signature.inputs["input_ids"].dtype == types_pb2.DT_INT32
+        assert [d.size for d in signature.outputs["embedding"].tensor_shape.dim] == [-1, 32]
+        request.model_spec.name = "nope"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetModelMetadata(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    for module, where in ((triton_http, served.url[len("http://"):]),
+                          (triton_grpc, served.grpc_target)):
+        client = module.InferenceServerClient(where)
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(NAME) and not client.is_model_ready("nope")
+        metadata = client.get_model_metadata(NAME)
+        if module is triton_grpc:
+            metadata = {"name": metadata.name, "outputs": [
+                {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
+                for o in metadata.outputs]}
+        assert metadata["name"] == NAME
+        assert metadata["outputs"] == [{"name": "embedding", "datatype": "FP32",
+                                        "shape": [-1, 32]}]
+        client.close()
+
+
+# --- a full queue, then a drain, on every protocol --------------------------------------
+
+def test_full_queue_is_refused_and_held_requests_drain(artifact, offline):
+    """6 rows wait out a 10 s delay (3 per bucket, under the batch of 4; held by a TF
+    Serving gRPC and a v2 gRPC client); --max_queue 8, so a 4-row request is refused
+    at once on every protocol; SIGTERM then runs the held rows and answers them."""
+    server = Served(artifact, "--parallel", "1", "--max_batch_delay_ms", "10000",
+                    "--max_instances", "4", "--max_queue", "8")
+    try:
+        rng = np.random.default_rng(5)
+        held = {"tfs_grpc": random_request(rng, rows=3, length=20),
+                "v2_grpc": random_request(rng, rows=3, length=50)}
+        results = {}
+
+        def hold(protocol):
+            connection = pc.make(protocol, server.url, server.grpc_target)
+            try:
+                results[protocol] = connection.infer(held[protocol])
+            except Exception as e:  # noqa: BLE001 - asserted below
+                results[protocol] = e
+            finally:
+                connection.close()
+
+        holders = [threading.Thread(target=hold, args=(p,)) for p in held]
+        for t in holders:
+            t.start()
+        def depth():
+            host, port = server.url[len("http://"):].split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("GET", f"/v1/models/{NAME}")
+            doc = json.loads(conn.getresponse().read())
+            conn.close()
+            return doc["bertc"]["queue_depth"]
+
+        deadline = time.monotonic() + 30
+        while depth() < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert depth() == 6
+        for protocol in pc.PROTOCOLS:
+            connection = pc.make(protocol, server.url, server.grpc_target)
+            start = time.monotonic()
+            with pytest.raises(pc.Refused) as refused:
+                connection.infer(random_request(rng, rows=4, length=10))
+            connection.close()
+            assert time.monotonic() - start < 5  # at once, not after the delay
+            full = "RESOURCE_EXHAUSTED" if "grpc" in protocol else 503
+            assert refused.value.code == full, refused.value
+            assert "queue: full" in refused.value.message and "--max_queue 8" in \
+                refused.value.message
+        start = time.monotonic()
+        assert server.stop() == 0, "".join(server.lines[-20:])
+        assert time.monotonic() - start < 8  # drained without waiting out the delay
+        for t in holders:
+            t.join(30)
+        expected = offline_embeddings(offline, list(held.values()))
+        for r, (protocol, arrays) in enumerate(held.items()):
+            got = results[protocol]
+            assert isinstance(got, dict), (protocol, got)
+            for i in range(3):
+                np.testing.assert_allclose(got["embedding"][i], expected[(r, i)], atol=ATOL)
+        log = "".join(server.lines)
+        assert "draining 6 queued row(s)" in log and "drained; stopped" in log
+    finally:
+        server.kill()
