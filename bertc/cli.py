@@ -62,7 +62,9 @@ flags.DEFINE_string("ckpt", None, "Google BERT checkpoint directory (bert_config
 flags.DEFINE_string("saved_model", None, "A BERT SavedModel to read the weights from "
                     "(as the Neuron demo's --input_saved_model).")
 flags.DEFINE_string("bert_config", None, "bert_config.json for --saved_model.")
-flags.DEFINE_string("vocab", None, "vocab.txt, when the source has none.")
+flags.DEFINE_string("vocab", None, "vocab.txt, when the source has none. client: the served "
+                    "artifact's vocab.txt, to send token ids (--protocol rest, grpc, v2, "
+                    "v2_grpc).")
 flags.DEFINE_string("hf_dir", None, "convert: a Hugging Face BERT directory "
                     "(config.json, model.safetensors, vocab.txt). Default: the MiniLM package.")
 # Output.
@@ -177,6 +179,12 @@ flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs 
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
 flags.DEFINE_string("squad", None, "client: a SQuAD v1.1 JSON file; every question goes to "
                     ":answer once (--clients at a time) and exact match / F1 are reported.")
+flags.DEFINE_enum("protocol", "classify", ["classify", "rest", "grpc", "v2", "v2_grpc"],
+                  "client: classify: text to :classify; rest: token ids to :predict; grpc: "
+                  "TF Serving gRPC Predict; v2: KServe v2 REST infer; v2_grpc: v2 gRPC "
+                  "ModelInfer (token-id protocols need --vocab).")
+flags.DEFINE_string("grpc_target", f"127.0.0.1:{serving_defaults.GRPC_PORT}", "client: the "
+                    "server's gRPC host:port (--protocol grpc, v2_grpc).")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -254,6 +262,7 @@ COMMANDS = {
          ("one request", ("pair",)),
          ("question answering", ("squad",)),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
+         ("protocol", ("protocol", "grpc_target", "vocab")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
          "bertc client --clients 48 --cycle 16 --plot latency.png"),
@@ -266,7 +275,7 @@ COMMANDS = {
         tensorflow=False),
 }
 HELP_WORDS = ("-h", "--help", "-help", "--helpshort", "-?")
-LOAD_TEST_FLAGS = ("tsv", "clients", "cycle", "seed", "progress", "plot")
+LOAD_TEST_FLAGS = ("tsv", "clients", "cycle", "seed", "progress", "plot", "protocol")
 
 
 def _lower_case():
@@ -402,7 +411,8 @@ def cmd_client(args):
     summary, text = command.run_client(
         url=FLAGS.url, model_name=FLAGS.model_name, pairs=pairs, clients=FLAGS.clients,
         cycle=FLAGS.cycle, timeout_s=FLAGS.request_timeout_s, seed=FLAGS.seed,
-        progress=FLAGS.progress, plot=FLAGS.plot)
+        progress=FLAGS.progress, plot=FLAGS.plot, protocol=FLAGS.protocol,
+        grpc_target=FLAGS.grpc_target, vocab=FLAGS.vocab)
     print(json.dumps(summary, indent=2) if FLAGS.json else text)
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['requests']} requests succeeded")

@@ -11,6 +11,7 @@ refusals with each protocol's own error (gRPC status / HTTP status, field named)
 import collections
 import http.client
 import json
+import os
 import re
 import signal
 import subprocess
@@ -368,3 +369,29 @@ def test_full_queue_is_refused_and_held_requests_drain(artifact, offline):
         assert "draining 6 queued row(s)" in log and "drained; stopped" in log
     finally:
         server.kill()
+
+
+# --- bertc client --protocol: the same pairs, the same answers over every protocol -----
+
+def test_load_client_protocols_answer_as_classify(served, artifact):
+    """`bertc client --protocol P` tokenizes here and sends ids; its cosine of each pair
+    equals the server's own :classify answer (tokenized and compared in the server)."""
+    from bertc.client import loadgen, report
+    from bertc.text.pairs import Pair
+    pairs = [Pair(label=i % 2, text_a=f"The {w} sat on the mat number {i}.",
+                  text_b=f"A {w} was sitting on mat {i}.")
+             for i, w in enumerate(["cat", "dog", "bird", "fox", "cow", "owl"])]
+    reference = {}
+    for protocol in ("classify", "rest", "grpc", "v2", "v2_grpc"):
+        result = loadgen.run(served.url, pairs, clients=3, cycle=2, model_name=NAME,
+                             protocol=protocol, grpc_target=served.grpc_target,
+                             vocab=os.path.join(artifact, "vocab.txt"))
+        summary = report.summarize(result)
+        assert summary["ok"] == 6 and not summary["errors"], summary
+        similarities = {o.index: o.answer["similarity"] for o in result.outcomes}
+        if protocol == "classify":
+            reference = similarities
+            continue
+        assert sorted(similarities) == sorted(reference)
+        for index, similarity in similarities.items():
+            assert abs(similarity - reference[index]) < 1e-5, (protocol, index)
