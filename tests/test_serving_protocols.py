@@ -142,6 +142,19 @@ def test_48_concurrent_clients_of_every_protocol_get_offline_answers(served, off
             return
         try:
             for j, arrays in enumerate(requests):
+                if j == 1:  # one bad request per client, among the good ones
+                    with lock:
+                        counts[protocol]["sent"] += 1
+                    try:
+                        connection.infer({"input_ids": arrays["input_ids"].astype(np.float32)})
+                        outcome, error = "lost", "a float input was answered"
+                    except pc.Refused as e:
+                        clear = e.code in ("INVALID_ARGUMENT", 400) and "input_ids" in e.message
+                        outcome, error = ("rejected", None) if clear else ("lost", str(e))
+                    with lock:
+                        counts[protocol][outcome] += 1
+                    if error:
+                        failures.append(f"{protocol}: {error}")
                 for _ in range(RETRIES):
                     with lock:
                         counts[protocol]["sent"] += 1
@@ -176,7 +189,8 @@ def test_48_concurrent_clients_of_every_protocol_get_offline_answers(served, off
     for t in threads:
         t.join(120)
     wall = time.monotonic() - start
-    print_table("48 concurrent clients, max_queue 16", counts, wall)
+    print_table("48 concurrent clients x (4 good + 1 bad request), max_queue 16", counts,
+                wall)
     assert not failures, failures[:5]
     assert len(answers) == CLIENTS * REQUESTS_PER_CLIENT
     flat = [arrays for _, requests in plan for arrays in requests]
@@ -191,10 +205,11 @@ def test_48_concurrent_clients_of_every_protocol_get_offline_answers(served, off
 
 
 def print_table(title, counts, wall):
-    print(f"\n{title} ({wall:.1f} s): protocol, sent, answered, rejected, lost")
+    print(f"\n{title} ({wall:.1f} s)\n| protocol | sent | answered | rejected | lost |\n"
+          "|---|---|---|---|---|")
     for protocol, count in counts.items():
-        print(f"  {protocol}: {count['sent']}, {count['answered']}, {count['rejected']}, "
-              f"{count['lost']}")
+        print(f"| {protocol} | {count['sent']} | {count['answered']} | {count['rejected']} | "
+              f"{count['lost']} |")
 
 
 # --- bad requests get their protocol's error, naming the field -------------------------
