@@ -410,3 +410,16 @@ def test_load_client_protocols_answer_as_classify(served, artifact):
         assert sorted(similarities) == sorted(reference)
         for index, similarity in similarities.items():
             assert abs(similarity - reference[index]) < 1e-5, (protocol, index)
+
+
+def test_a_taken_grpc_port_is_one_line_naming_grpc_port(artifact):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = bt.run_cli("serve", "--model", artifact, "--port", "0", "--grpc_port", port,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    bt.assert_one_error(proc, "--grpc_port", str(port),
+                        "expected a free port")
