@@ -245,14 +245,16 @@ COMMANDS = {
         (("convert", ("hf_dir", "output", "overwrite")),),
         ("bertc convert --hf_dir my_hf_bert --output checkpoints/my_bert",)),
     "serve": Command(
-        "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
+        "serve an artifact over HTTP (TF Serving's REST API, KServe v2, :classify for "
+        "text) and, with --grpc_port, gRPC (TF Serving's PredictionService, KServe v2)",
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold")),
          ("network", ("host", "port", "grpc_port", "max_body_bytes", "max_instances",
                       "body_timeout_s", "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
                        "max_batch_delay_ms", "max_queue"))),
-        ("bertc serve --model artifacts/minilm --port 8501",),
+        ("bertc serve --model artifacts/minilm --port 8501",
+         "bertc serve --model artifacts/minilm --port 8501 --grpc_port 8500"),
         log_level=logging.INFO),
     "client": Command(
         "ask a server about one sentence pair, or load-test it",
@@ -265,7 +267,9 @@ COMMANDS = {
          ("protocol", ("protocol", "grpc_target", "vocab")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
-         "bertc client --clients 48 --cycle 16 --plot latency.png"),
+         "bertc client --clients 48 --cycle 16 --plot latency.png",
+         "bertc client --protocol grpc --vocab artifacts/minilm/vocab.txt --clients 48 "
+         "--cycle 16"),
         tensorflow=False),
     "tfserving": Command(
         "print the artifact's TensorFlow Serving models.config for where it is served",

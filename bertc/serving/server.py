@@ -1,10 +1,11 @@
 """The server: artifact + batcher + replicas + HTTP, and its life cycle.
 
   start:    load the artifact, N replicas (each warms every bucket), bind the port
+            (and --grpc_port: TF Serving gRPC + KServe v2 gRPC, protocols/grpc_server.py)
   serve:    handlers -> Batcher -> replicas; a per-second traffic log line
-  shutdown: (SIGTERM/SIGINT) stop listening, refuse new work with 503, run
-            everything queued without waiting for the delay, answer every
-            in-flight request, join the replicas, exit 0
+  shutdown: (SIGTERM/SIGINT) stop listening, refuse new work with 503 (gRPC:
+            UNAVAILABLE), run everything queued without waiting for the delay,
+            answer every in-flight request, join the replicas, exit 0
 
 `run(config)` is `bertc serve`; `BackgroundServer` runs the same server on a
 thread of its own (tests, notebooks, benchmarks).
