@@ -423,3 +423,34 @@ def test_a_taken_grpc_port_is_one_line_naming_grpc_port(artifact):
     assert proc.returncode == 2, proc.stderr[-2000:]
     bt.assert_one_error(proc, "--grpc_port", str(port),
                         "expected a free port")
+
+
+def test_v2_rest_json_bodies(served, offline):
+    """v2 REST without the binary extension: nested `data`, JSON outputs; bad bodies 400."""
+    host, port = served.url[len("http://"):].split(":")
+
+    def post(body, headers=None):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", f"/v2/models/{NAME}/infer", body=raw, headers=headers or {})
+        response = conn.getresponse()
+        doc = json.loads(response.read())
+        conn.close()
+        return response.status, doc
+
+    arrays = random_request(np.random.default_rng(3), rows=2, length=40)
+    inputs = [{"name": n, "datatype": "INT64", "shape": list(a.shape), "data": a.tolist()}
+              for n, a in arrays.items()]
+    status, doc = post({"id": "r1", "inputs": inputs, "outputs": [{"name": "embedding"}]})
+    assert status == 200, doc
+    assert doc["id"] == "r1" and doc["outputs"][0]["shape"] == [2, 32]
+    got = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(2, 32)
+    expected = offline_embeddings(offline, [arrays])
+    for i in range(2):
+        np.testing.assert_allclose(got[i], expected[(0, i)], atol=ATOL)
+    floats = [dict(inputs[0], data=[[1.5] * 40] * 2)]
+    assert post({"inputs": floats}) == (400, {"error": 'inputs["input_ids"].data[0]: '
+                                              "expected an integer, got number"})
+    assert post({"inputs": []})[0] == 400
+    status, doc = post({"inputs": inputs}, {"Inference-Header-Content-Length": "99999"})
+    assert status == 400 and doc["error"].startswith("Inference-Header-Content-Length"), doc
