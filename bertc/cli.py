@@ -62,7 +62,9 @@ flags.DEFINE_string("ckpt", None, "Google BERT checkpoint directory (bert_config
 flags.DEFINE_string("saved_model", None, "A BERT SavedModel to read the weights from "
                     "(as the Neuron demo's --input_saved_model).")
 flags.DEFINE_string("bert_config", None, "bert_config.json for --saved_model.")
-flags.DEFINE_string("vocab", None, "vocab.txt, when the source has none.")
+flags.DEFINE_string("vocab", None, "vocab.txt, when the source has none. client: the served "
+                    "artifact's vocab.txt, to send token ids (--protocol rest, grpc, v2, "
+                    "v2_grpc).")
 flags.DEFINE_string("hf_dir", None, "convert: a Hugging Face BERT directory "
                     "(config.json, model.safetensors, vocab.txt). Default: the MiniLM package.")
 # Output.
@@ -131,6 +133,10 @@ flags.DEFINE_string("host", serving_defaults.HOST, "serve: address to bind; 0.0.
                     "interfaces) must be asked for.")
 flags.DEFINE_integer("port", serving_defaults.PORT, "serve: TCP port (TF Serving's REST "
                      "port; 0: any free port, logged).", lower_bound=0, upper_bound=65535)
+flags.DEFINE_integer("grpc_port", None, "serve: also serve gRPC on this port (TF Serving's "
+                     "PredictionService and KServe v2's GRPCInferenceService; TF Serving "
+                     "uses 8500; 0: any free port, logged). Default: no gRPC.",
+                     lower_bound=0, upper_bound=65535)
 flags.DEFINE_integer("parallel", serving_defaults.PARALLEL, "serve: replicas, each a worker "
                      "thread with its own Session over every bucket (2 x 1 thread was "
                      "fastest on 2 cores).", lower_bound=1)
@@ -177,6 +183,12 @@ flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs 
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
 flags.DEFINE_string("squad", None, "client: a SQuAD v1.1 JSON file; every question goes to "
                     ":answer once (--clients at a time) and exact match / F1 are reported.")
+flags.DEFINE_enum("protocol", "classify", ["classify", "rest", "grpc", "v2", "v2_grpc"],
+                  "client: classify: text to :classify; rest: token ids to :predict; grpc: "
+                  "TF Serving gRPC Predict; v2: KServe v2 REST infer; v2_grpc: v2 gRPC "
+                  "ModelInfer (token-id protocols need --vocab).")
+flags.DEFINE_string("grpc_target", f"127.0.0.1:{serving_defaults.GRPC_PORT}", "client: the "
+                    "server's gRPC host:port (--protocol grpc, v2_grpc).")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -237,14 +249,17 @@ COMMANDS = {
         (("convert", ("hf_dir", "output", "overwrite")),),
         ("bertc convert --hf_dir my_hf_bert --output checkpoints/my_bert",)),
     "serve": Command(
-        "serve an artifact over HTTP (TF Serving's REST API, :classify for text)",
+        "serve an artifact over HTTP (TF Serving's REST API, KServe v2, :classify for "
+        "text) and, with --grpc_port, gRPC (TF Serving's PredictionService, KServe v2)",
         "bertc serve --model ARTIFACT [flags]",
         (("model", ("model", "model_name", "paraphrase_threshold", "skip_checksums")),
-         ("network", ("host", "port", "max_body_bytes", "max_instances", "header_timeout_s",
+         ("network", ("host", "port", "grpc_port", "max_body_bytes", "max_instances",
+                      "header_timeout_s",
                       "body_timeout_s", "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
                        "max_batch_delay_ms", "max_queue"))),
-        ("bertc serve --model artifacts/minilm --port 8501",),
+        ("bertc serve --model artifacts/minilm --port 8501",
+         "bertc serve --model artifacts/minilm --port 8501 --grpc_port 8500"),
         log_level=logging.INFO),
     "client": Command(
         "ask a server about one sentence pair, or load-test it",
@@ -254,9 +269,12 @@ COMMANDS = {
          ("one request", ("pair",)),
          ("question answering", ("squad",)),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
+         ("protocol", ("protocol", "grpc_target", "vocab")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
-         "bertc client --clients 48 --cycle 16 --plot latency.png"),
+         "bertc client --clients 48 --cycle 16 --plot latency.png",
+         "bertc client --protocol grpc --vocab artifacts/minilm/vocab.txt --clients 48 "
+         "--cycle 16"),
         tensorflow=False),
     "tfserving": Command(
         "print the artifact's TensorFlow Serving models.config for where it is served",
@@ -266,7 +284,7 @@ COMMANDS = {
         tensorflow=False),
 }
 HELP_WORDS = ("-h", "--help", "-help", "--helpshort", "-?")
-LOAD_TEST_FLAGS = ("tsv", "clients", "cycle", "seed", "progress", "plot")
+LOAD_TEST_FLAGS = ("tsv", "clients", "cycle", "seed", "progress", "plot", "protocol")
 
 
 def _lower_case():
@@ -382,7 +400,7 @@ def cmd_serve(args):
                          "by bertc build")
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
-        parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
+        grpc_port=FLAGS.grpc_port, parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
         inter_op_threads=FLAGS.inter_op_threads or 1,
         max_batch_delay_ms=FLAGS.max_batch_delay_ms,
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
@@ -403,7 +421,8 @@ def cmd_client(args):
     summary, text = command.run_client(
         url=FLAGS.url, model_name=FLAGS.model_name, pairs=pairs, clients=FLAGS.clients,
         cycle=FLAGS.cycle, timeout_s=FLAGS.request_timeout_s, seed=FLAGS.seed,
-        progress=FLAGS.progress, plot=FLAGS.plot)
+        progress=FLAGS.progress, plot=FLAGS.plot, protocol=FLAGS.protocol,
+        grpc_target=FLAGS.grpc_target, vocab=FLAGS.vocab)
     print(json.dumps(summary, indent=2) if FLAGS.json else text)
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['requests']} requests succeeded")

@@ -37,16 +37,20 @@ def pairs_from_flags(tsv: Optional[str], pair: Optional[str], args: Sequence[str
 
 def run_client(*, url: str, model_name: Optional[str], pairs: Sequence[Pair], clients: int,
                cycle: int, timeout_s: float, seed: int, progress: bool,
-               plot: Optional[str]) -> Tuple[dict, str]:
+               plot: Optional[str], protocol: str = "classify",
+               grpc_target: Optional[str] = None,
+               vocab: Optional[str] = None) -> Tuple[dict, str]:
     """Runs the load; returns (summary, text report). Writes the plot if asked."""
     bar = _progress_bar(clients * cycle, progress)
     try:
         result = loadgen.run(url, pairs, clients, cycle, model_name=model_name,
                              timeout_s=timeout_s, seed=seed,
-                             on_outcome=lambda o: bar.update(o.ok))
+                             on_outcome=lambda o: bar.update(o.ok), protocol=protocol,
+                             grpc_target=grpc_target, vocab=vocab)
     finally:
         bar.close()
     summary = report.summarize(result)
+    summary["protocol"] = protocol
     if plot:
         title = (f"{summary['model_name']}: {clients} clients x {cycle}, "
                  f"{summary['throughput_rps']:.0f} req/s")

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence
 
 import aiohttp
 
+from bertc.client import protocols
 from bertc.errors import BertcError
 from bertc.text.pairs import Pair
 
@@ -104,8 +105,11 @@ async def _one(session, endpoint: str, pair: Pair, index: int) -> Outcome:
 
 async def run_load(url: str, pairs: Sequence[Pair], clients: int, cycle: int,
                    model_name: Optional[str] = None, timeout_s: float = 60.0, seed: int = 0,
-                   on_outcome: Optional[Callable[[Outcome], None]] = None) -> LoadResult:
-    """Sends clients * cycle requests to :classify, `clients` at a time."""
+                   on_outcome: Optional[Callable[[Outcome], None]] = None,
+                   protocol: str = "classify", grpc_target: Optional[str] = None,
+                   vocab: Optional[str] = None) -> LoadResult:
+    """Sends clients * cycle requests, `clients` at a time: text to :classify, or
+    token ids over another protocol (bertc.client.protocols)."""
     if not pairs:
         raise BertcError("client: no sentence pairs to send")
     if clients < 1 or cycle < 1:
@@ -117,13 +121,14 @@ async def run_load(url: str, pairs: Sequence[Pair], clients: int, cycle: int,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         if model_name is None:
             model_name = await discover_model_name(session, url)
-        endpoint = classify_url(url, model_name)
+        one = await _request_maker(protocol, session, url, model_name, pairs, grpc_target,
+                                   vocab, timeout_s)
         outcomes: List[Outcome] = []
 
         async def client(c: int):
             for j in range(cycle):
                 index = order[(c * cycle + j) % len(order)]
-                outcome = await _one(session, endpoint, pairs[index], index)
+                outcome = await one(index)
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
@@ -133,6 +138,33 @@ async def run_load(url: str, pairs: Sequence[Pair], clients: int, cycle: int,
         wall = time.perf_counter() - start
     return LoadResult(url=url, model_name=model_name, clients=clients, cycle=cycle,
                       wall_s=wall, outcomes=outcomes)
+
+
+async def _request_maker(protocol, session, url, model_name, pairs, grpc_target, vocab,
+                         timeout_s):
+    """one(pair index) -> Outcome for the protocol; token ids encoded here, untimed."""
+    if protocol == "classify":
+        endpoint = classify_url(url, model_name)
+        return lambda index: _one(session, endpoint, pairs[index], index)
+    if protocol not in protocols.TOKEN_PROTOCOLS:
+        raise BertcError(f"--protocol {protocol}: expected one of "
+                         f"{', '.join(protocols.PROTOCOLS)}")
+    if not vocab:
+        raise BertcError(f"--protocol {protocol}: --vocab not given; expected the served "
+                         "artifact's vocab.txt (e.g. artifacts/minilm/vocab.txt), to send "
+                         "token ids")
+    info = await protocols.model_info(session, url, model_name)
+    encoded = protocols.encode_pairs(pairs, vocab, info)
+    send = await protocols.make_sender(protocol, session, url, grpc_target, model_name)
+
+    async def one(index):
+        seconds, answer, status, error = await protocols.timed(send, encoded[index], info,
+                                                               timeout_s)
+        return Outcome(index=index, status=status, latency_s=seconds,
+                       expected=pairs[index].label,
+                       label=answer.get("label") if answer else None, error=error,
+                       answer=answer)
+    return one
 
 
 def run(*args, **kwargs) -> LoadResult:

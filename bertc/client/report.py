@@ -74,7 +74,8 @@ def _error_kind(outcome) -> str:
 
 def format_text(summary: dict) -> str:
     lines = [f"{summary['requests']} requests ({summary['clients']} clients x "
-             f"{summary['cycle']}) to {summary['url']} model {summary['model_name']!r} in "
+             f"{summary['cycle']}) to {summary['url']} model {summary['model_name']!r}"
+             f"{' over ' + summary['protocol'] if summary.get('protocol') else ''} in "
              f"{summary['wall_s']:.2f} s",
              f"throughput: {summary['throughput_rps']:.1f} requests/s "
              f"({summary['ok']} ok)"]

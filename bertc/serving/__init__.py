@@ -1,7 +1,8 @@
 """`bertc serve`: an HTTP server for a built artifact, with dynamic batching.
 
     HTTP (app.py: TF Serving REST :predict, text :classify, status, ping, metrics)
-      |  parse + tokenize (predict.py, classify.py, validation.py)
+    + protocols/ (KServe v2 REST; with --grpc_port, TF Serving gRPC and v2 gRPC)
+      |  parse + tokenize (predict.py, classify.py, validation.py; protocols/tensors.py)
       v
     Batcher (batcher.py): one bounded queue per sequence bucket; static batches,
       |  cut when full or when the oldest row waited max_batch_delay

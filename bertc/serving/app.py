@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from bertc.serving import answer, classify, predict
 from bertc.serving.batcher import BatcherClosed, QueueFull
+from bertc.serving.protocols import v2_rest
 from bertc.serving.validation import InputError, parse_json
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def make_app(server) -> web.Application:
         web.get("/ping", _ping, name="ping"),
         web.get("/metrics", _metrics, name="metrics"),
     ])
+    application.add_routes(v2_rest.routes(SERVER, ROUTE, _read_body, _infer))  # KServe v2
     return application
 
 
@@ -216,6 +218,9 @@ def _refuse_nonfinite(server, results) -> None:
             raise InputError(f"outputs.{name}", f"NaN or Inf in {bad} of {len(results)} "
                              "row(s); the model gave no valid answer (the artifact may be "
                              "corrupted)", status=500)
+
+
+infer_or_refuse = _infer  # the gRPC services refuse through the same errors
 
 
 async def _get_model(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from bertc.runtime.tf_settings import DEFAULT_REPLICAS
 # cores // PARALLEL.
 PARALLEL = DEFAULT_REPLICAS  # verify's served run uses the same (bertc/runtime/tf_settings.py)
 PORT = 8501              # TF Serving's REST port: this server speaks its REST API
+GRPC_PORT = 8500         # TF Serving's gRPC port (bertc serve --grpc_port; off by default)
 HOST = "127.0.0.1"       # binding all interfaces (0.0.0.0) must be asked for
 MAX_BATCH_DELAY_MS = BATCH_DELAY_MS  # = TF Serving's batch_timeout_micros in the artifact
 MAX_QUEUE = 512          # rows waiting for a batch, all buckets together

@@ -15,7 +15,7 @@ output the name is omitted, as TF Serving does.
 """
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -57,17 +57,25 @@ def parse_predict(doc, art, max_instances: int) -> PredictRequest:
     columns = {}
     for name, column in inputs.items():
         columns[name] = instance_list(column, f"inputs.{name}", max_instances)
+    rows = columns_to_rows(columns, "inputs", lambda n: f"inputs.{n}", art)
+    return PredictRequest(rows, columnar=True)
+
+
+def columns_to_rows(columns: Dict[str, Sequence], where: str, field_of: Callable[[str], str],
+                    art) -> List[Tuple[int, Tuple[np.ndarray, ...]]]:
+    """(bucket, feeds) rows of named columns (each a sequence of rows of ints: REST's
+    columnar `inputs`, or the tensors of the gRPC and v2 protocols); `where` names the
+    columns together, `field_of(name)` one column, as the client's protocol spells it."""
     counts = {len(c) for c in columns.values()}
     if len(counts) > 1:
-        raise InputError("inputs", "columns have different numbers of rows ("
+        raise InputError(where, "columns have different numbers of rows ("
                          + ", ".join(f"{n}: {len(c)}" for n, c in columns.items())
                          + "); expected the same batch for every input")
     if "input_ids" not in columns:
-        raise InputError("inputs.input_ids", "missing; expected token ids")
-    rows = [_row({n: c[i] for n, c in columns.items()},
-                 {n: f"inputs.{n}[{i}]" for n in art.inputs}, art)
+        raise InputError(field_of("input_ids"), "missing; expected token ids")
+    return [_row({n: c[i] for n, c in columns.items()},
+                 {n: f"{field_of(n)}[{i}]" for n in art.inputs}, art)
             for i in range(len(columns["input_ids"]))]
-    return PredictRequest(rows, columnar=True)
 
 
 def _row(values: Dict[str, object], fields: Dict[str, str], art):

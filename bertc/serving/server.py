@@ -1,12 +1,13 @@
 """The server: artifact + batcher + replicas + HTTP, and its life cycle.
 
   start:    load the artifact, N replicas (each warms every bucket), bind the port
+            (and --grpc_port: TF Serving gRPC + KServe v2 gRPC, protocols/grpc_server.py)
   serve:    handlers -> Batcher -> replicas; a per-second traffic log line
   shutdown: (SIGTERM/SIGINT) stop listening; requests read from then on get 503 +
-            Connection: close; everything queued runs without waiting for the
-            delay; every in-flight request gets its answer (Connection: close);
-            keep-alive connections stay open `drain_idle_s` for a request in
-            flight to be read and answered, then get a lingering close
+            Connection: close (gRPC: UNAVAILABLE); everything queued runs without
+            waiting for the delay; every in-flight request gets its answer
+            (Connection: close); keep-alive connections stay open `drain_idle_s` for
+            a request in flight to be read and answered, then get a lingering close
             (protocol.py); join the replicas, exit 0
 
 `run(config)` is `bertc serve`; `BackgroundServer` runs the same server on a
@@ -49,6 +50,7 @@ class ServerConfig:
     model_name: Optional[str] = None
     host: str = defaults.HOST
     port: int = defaults.PORT
+    grpc_port: Optional[int] = None  # TF Serving gRPC + KServe v2 gRPC; None: off
     parallel: int = defaults.PARALLEL
     intra_op_threads: Optional[int] = None  # per replica; default cores // parallel
     inter_op_threads: int = 1               # per replica's Session (TensorFlow)
@@ -84,6 +86,12 @@ class ServerConfig:
                 raise BertcError(f"`{flag}` {getattr(self, flag)}: expected seconds > 0")
         if not 0 <= self.port <= 65535:
             raise BertcError(f"`port` {self.port}: expected 0..65535 (0: any free port)")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise BertcError(f"`grpc_port` {self.grpc_port}: expected 0..65535 (0: any free "
+                             "port)")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise BertcError(f"`grpc_port` {self.grpc_port}: the same as `port`; expected "
+                             "another port")
 
     def threads_per_replica(self) -> int:
         if self.intra_op_threads:
@@ -91,7 +99,7 @@ class ServerConfig:
         return tf_runtime.default_intra_op_threads(self.parallel)
 
 
-def check_listen(host: str, port: int) -> None:
+def check_listen(host: str, port: int, port_option: str = "port") -> None:
     """Binds host:port once and lets go, so a bad host or a taken port is reported
     before the model loads (seconds), in the words of the flag at fault."""
     try:
@@ -106,14 +114,14 @@ def check_listen(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as e:
-            raise _listen_error(host, port, e) from None
+            raise _listen_error(host, port, e, port_option) from None
 
 
-def _listen_error(host: str, port: int, e: OSError) -> BertcError:
+def _listen_error(host: str, port: int, e: OSError, port_option: str = "port") -> BertcError:
     if e.errno == errno.EADDRNOTAVAIL:
         return BertcError(f"`host` {host}: not an address of this machine ({e.strerror}); "
                           "expected one of its addresses such as 127.0.0.1")
-    return BertcError(f"`host` {host} `port` {port}: cannot listen ({e.strerror}); "
+    return BertcError(f"`host` {host} `{port_option}` {port}: cannot listen ({e.strerror}); "
                       "expected a free port")
 
 
@@ -135,6 +143,8 @@ class Server:
     def __init__(self, config: ServerConfig, model_factory: Optional[ModelFactory] = None):
         config.check()
         check_listen(config.host, config.port)
+        if config.grpc_port:
+            check_listen(config.host, config.grpc_port, "grpc_port")
         self.config = config
         self.artifact = artifact_lib.load_artifact(config.model, config.skip_checksums)
         self.name = config.model_name or self.artifact.default_name
@@ -170,6 +180,8 @@ class Server:
                     "" if model_factory else f"; {engine(self.artifact)}")
         self.replicas = replica_lib.start_replicas(models, self.batcher, self._on_batch)
         self._runner: Optional[web.AppRunner] = None
+        self._grpc = None  # grpc.aio.Server when config.grpc_port is set
+        self.grpc_port: Optional[int] = None
         self._log_task: Optional[asyncio.Task] = None
         self.port: Optional[int] = None
         self._last_log = time.monotonic()
@@ -210,6 +222,14 @@ class Server:
             await self._runner.cleanup()
             raise _listen_error(cfg.host, cfg.port, e) from None
         self.port = self._runner.addresses[0][1]
+        if cfg.grpc_port is not None:
+            from bertc.serving.protocols import grpc_server
+            try:
+                self._grpc, self.grpc_port = await grpc_server.start(
+                    self, cfg.host, cfg.grpc_port, app_lib.infer_or_refuse)
+            except BaseException:
+                await self._runner.cleanup()
+                raise
         self._last_log = time.monotonic()
         self._log_task = asyncio.get_running_loop().create_task(self._log_traffic())
         where = "all interfaces" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
@@ -233,6 +253,9 @@ class Server:
             for site in list(self._runner.sites):
                 await site.stop()  # no new connections
         self.batcher.drain()  # queued rows run without the delay
+        # gRPC: new calls refused at once, calls in flight answered (within the timeout)
+        grpc_stopped = (asyncio.ensure_future(self._grpc.stop(self.config.shutdown_timeout_s))
+                        if self._grpc is not None else None)
         logger.info("shutting down: not accepting; draining %d queued row(s)", queued)
         if self._runner is not None:
             left = await protocol.drain_connections(self._runner.server,
@@ -241,7 +264,10 @@ class Server:
             if left:
                 logger.warning("shutting down: %d connection(s) still open after %g s; "
                                "closing them", left, self.config.shutdown_timeout_s)
-            self.batcher.close()
+        if grpc_stopped is not None:
+            await grpc_stopped
+        self.batcher.close()
+        if self._runner is not None:
             await self._runner.cleanup()  # what is left
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.join_replicas)
@@ -301,6 +327,7 @@ class BackgroundServer:
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="bertc-server-loop", daemon=True)
         self.url: Optional[str] = None
+        self.grpc_target: Optional[str] = None  # host:port when config.grpc_port is set
 
     def __enter__(self) -> "BackgroundServer":
         self._thread.start()
@@ -311,6 +338,8 @@ class BackgroundServer:
             self.server.join_replicas()
             raise
         self.url = f"http://{self.server.config.host}:{port}"
+        if self.server.grpc_port is not None:
+            self.grpc_target = f"{self.server.config.host}:{self.server.grpc_port}"
         return self
 
     def __exit__(self, *exc) -> None:
