@@ -1,15 +1,18 @@
 """bertc `--target openvino --dtype int8` beside bf16, f32 and the int8 peers.
 
-    python benchmarks/int8.py [--batches 40] [--rounds 4]
+    python benchmarks/int8.py [--models minilm,base] [--batches 40] [--rounds 4]
 
-MiniLM (the real all-MiniLM-L6-v2), batch 4, every core, timed in turns in one
-process (throughput.interleaved_rates: the best pass of each), on
+Per model (minilm: the real all-MiniLM-L6-v2; base: random weights shaped like
+BERT-Base), batch 4, every core, timed in turns in one process
+(throughput.interleaved_rates: the best pass of each), on
   full   [4, 128] rows of random ids
   mrpc   --batches x 4 MRPC dev pairs after the first 100 (the int8 build
          calibrates on those 100): bertc's buckets (64, 128) get the rows routed
          as `bertc serve` routes them; peers get each batch padded to its longest row.
 Stacks:
   bertc ov f32 / bf16 / int8   one artifact each (--dtype), IR compiled as served, 1 stream
+  bertc ov int8, bf16 rest     the int8 IR compiled with INFERENCE_PRECISION_HINT bf16
+                               (what NNCF left float runs in bf16; not what serve does)
   OV+NNCF default (HF)         nncf.quantize(model_type=TRANSFORMER) on the HF model
                                exported to ONNX (dynamic axes; throughput.export_onnx)
                                and read by OpenVINO, calibrated on the same 100 MRPC
@@ -17,6 +20,9 @@ Stacks:
   ORT fp32 / ORT int8 dynamic  ONNX Runtime on the same export, and
                                onnxruntime.quantization.quantize_dynamic(QInt8)
 cosine: the minimum embedding cosine vs PyTorch fp32 on the MRPC rows.
+accuracy: MRPC paraphrase accuracy on the 308 held-out pairs (each sentence embedded
+alone; paraphrase when cos(e_a, e_b) >= the artifact's threshold, as verify's task
+metric decides), real weights only.
 """
 
 import argparse
@@ -33,8 +39,12 @@ sys.path.insert(0, HERE)
 import openvino_target as ovb  # noqa: E402
 import padding_free  # noqa: E402
 import throughput  # noqa: E402
+from bertc.artifact import manifest as manifest_lib  # noqa: E402
 from bertc.builder import pipeline as builder  # noqa: E402
 from bertc.builder.targets import openvino as target  # noqa: E402
+from bertc.text import pairs as textdata  # noqa: E402
+from bertc.text.tokenization import WordPieceTokenizer  # noqa: E402
+from bertc.verify import task_metric  # noqa: E402
 
 BATCH, SEQ, CALIBRATION = 4, 128, 100
 BUCKETS = (64, 128)
@@ -53,8 +63,151 @@ def ort_fn(path, threads):
     return run
 
 
+def sentence_batches(vocab_file, sentences):
+    """[4, longest] batches of single sentences, in order (the last one zero-padded)."""
+    tokenizer = WordPieceTokenizer.from_vocab_file(vocab_file, do_lower_case=True)
+    features = tokenizer.encode_batch([(s, None) for s in sentences], SEQ)
+    rows = len(sentences)
+    pad = -rows % BATCH
+    features = {k: np.concatenate([v, np.zeros((pad, SEQ), v.dtype)]) for k, v in
+                features.items()}
+    return [padding_free.trimmed({k: v[i:i + BATCH] for k, v in features.items()})
+            for i in range(0, rows + pad, BATCH)]
+
+
+def bucketed(batch):
+    """The trimmed batch widened to the smallest bucket that holds it (bertc's IRs)."""
+    width = next(s for s in BUCKETS if batch["input_ids"].shape[1] <= s)
+    extra = width - batch["input_ids"].shape[1]
+    return {k: np.pad(v, ((0, 0), (0, extra))) for k, v in batch.items()}
+
+
+def embeddings(fn, batches, sequence_output, rows, bertc):
+    out = []
+    for b in batches:
+        b = bucketed(b) if bertc else b
+        got = fn(b)
+        out.append(ovb.embedding(got, b["input_mask"]) if sequence_output
+                   else np.asarray(got["embedding"], np.float64))
+    return np.concatenate(out)[:rows]
+
+
+def paraphrase_accuracy(fn, side_a, side_b, labels, threshold, sequence_output, bertc):
+    """MRPC accuracy (%) and F1 of one stack: cos(e_a, e_b) >= threshold."""
+    a = embeddings(fn, side_a, sequence_output, len(labels), bertc)
+    b = embeddings(fn, side_b, sequence_output, len(labels), bertc)
+    similarity = np.sum(a * b, 1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return task_metric.scores(similarity >= threshold, labels)
+
+
+def torch_fn(model):
+    import torch
+
+    def run(b):
+        with torch.inference_mode():
+            return model(input_ids=torch.from_numpy(b["input_ids"]).long(),
+                         attention_mask=torch.from_numpy(b["input_mask"]).long(),
+                         token_type_ids=torch.from_numpy(b["segment_ids"]).long()
+                         ).last_hidden_state.numpy()
+    return run
+
+
+def run_model(name, args, workdir):
+    import openvino as ov
+    import nncf
+    cores = os.cpu_count() or 1
+    ckpt_dir = throughput.checkpoint_for(name, workdir)
+    from bertc.sources import google_checkpoint as checkpoint
+    ckpt = checkpoint.load_checkpoint(ckpt_dir, checksums=False)
+    every = padding_free.mrpc_batches(ckpt.vocab_file, BATCH, SEQ)
+    calibration = every[:CALIBRATION // BATCH]
+    mrpc = every[CALIBRATION // BATCH:][:args.batches]
+    full = padding_free.full_length(mrpc[:max(4, args.batches // 4)])
+    trimmed = [padding_free.trimmed(b) for b in mrpc]
+    held_out = textdata.read_mrpc_tsv(padding_free.MRPC_DEV)[CALIBRATION:]
+    real = name == "minilm"
+    labels = np.array([p.label for p in held_out]) == 1
+    side_a = sentence_batches(ckpt.vocab_file, [p.text_a for p in held_out])
+    side_b = sentence_batches(ckpt.vocab_file, [p.text_b for p in held_out])
+    model = throughput.torch_model(ckpt)
+    reference = ovb.reference_embeddings(model, trimmed)
+    runs, cosines, accuracy, threshold = {}, {}, {}, None
+    for dtype in ("float32", "bfloat16", "int8"):
+        label = f"bertc ov {dtype}"
+        out = os.path.join(workdir, f"{name}_{dtype}")
+        builder.build(builder.BuildOptions(
+            output=out, ckpt=ckpt_dir, head="embedding", batch_size=BATCH,
+            seq_lens=list(BUCKETS), target="openvino", dtype=dtype, verify=False,
+            calibration_rows=CALIBRATION if dtype == "int8" else None))
+        threshold = textdata.paraphrase_threshold(manifest_lib.read(out))
+        fn = ovb.ov_bucket_fn(out, BUCKETS, target.precision(dtype), cores)
+        runs[(label, "full")] = (fn, full)
+        runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, BUCKETS))
+        cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, BUCKETS),
+                                        reference, False)
+        if real:
+            accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels, threshold,
+                                                  False, True)
+        if dtype == "int8":  # the same int8 IR with what is not int8 in bf16 (not served)
+            label = "bertc ov int8, bf16 rest"
+            fn = ovb.ov_bucket_fn(out, BUCKETS, "bf16", cores)
+            runs[(label, "full")] = (fn, full)
+            runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, BUCKETS))
+            cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, BUCKETS),
+                                            reference, False)
+            if real:
+                accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels,
+                                                      threshold, False, True)
+    fp32_path = throughput.export_onnx(model, trimmed[0], os.path.join(workdir, f"{name}.onnx"))
+    hf_ov = ov.Core().read_model(fp32_path)
+    calib = [[b[k].astype(np.int64) for k in ovb.INPUTS]
+             for b in (padding_free.trimmed(c) for c in calibration)]
+    hf_int8 = nncf.quantize(hf_ov, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
+                            subset_size=len(calib))
+    peers = {"OV+NNCF default (HF)": ovb.ov_hf_fn(ov.Core().compile_model(hf_int8, "CPU"))}
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    int8_path = os.path.join(workdir, f"{name}_int8.onnx")
+    quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+    peers["ORT fp32 (HF)"] = ort_fn(fp32_path, cores)
+    peers["ORT int8 quantize_dynamic (HF)"] = ort_fn(int8_path, cores)
+    for label, fn in peers.items():
+        runs[(label, "full")] = (fn, full)
+        runs[(label, "mrpc")] = (fn, trimmed)
+        cosines[label] = ovb.min_cosine(fn, trimmed, reference, True)
+        if real:
+            accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels, threshold,
+                                                  True, False)
+    if real:
+        accuracy["torch fp32 (reference)"] = paraphrase_accuracy(
+            torch_fn(model), side_a, side_b, labels, threshold, True, False)
+    rates = throughput.interleaved_rates(runs, args.rounds, 0.0)
+    base = {t: rates[("bertc ov float32", t)] for t in ("full", "mrpc")}
+    bf16 = {t: rates[("bertc ov bfloat16", t)] for t in ("full", "mrpc")}
+    print(f"\n{name}: inf/s (ratio to bertc ov f32); min embedding cosine vs torch fp32; "
+          f"MRPC paraphrase accuracy / F1 on {len(held_out)} held-out pairs at threshold "
+          f"{threshold:g}" + ("" if real else " (not measured: random weights)"))
+    print("| stack | full [4,128] | MRPC | cosine | accuracy | F1 |\n|---|---|---|---|---|---|")
+    for label in dict.fromkeys(lab for lab, _ in runs):
+        cells = [f"{rates[(label, t)]:.1f} ({rates[(label, t)] / base[t]:.2f}x)"
+                 for t in ("full", "mrpc")]
+        score = accuracy.get(label)
+        task = f"{score['accuracy']:.2f}% | {score['f1']:.2f}" if score else "- | -"
+        print(f"| {label} | {cells[0]} | {cells[1]} | {cosines[label]:.5f} | {task} |",
+              flush=True)
+    if "torch fp32 (reference)" in accuracy:
+        score = accuracy["torch fp32 (reference)"]
+        print(f"| torch fp32 (reference) | - | - | 1.00000 | {score['accuracy']:.2f}% | "
+              f"{score['f1']:.2f} |")
+    for t in ("full", "mrpc"):
+        print(f"{name} int8 / bf16 ({t}): {rates[('bertc ov int8', t)] / bf16[t]:.2f}x; "
+              f"int8 / f32: {rates[('bertc ov int8', t)] / base[t]:.2f}x", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="minilm",
+                        help="comma-separated: minilm (real weights), base (random)")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
@@ -64,62 +217,10 @@ def main():
     print(machine.header(), flush=True)
     print(f"OpenVINO {ov.get_version()}, NNCF {nncf.__version__}; load "
           f"{os.getloadavg()[0]:.2f}", flush=True)
-    cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as workdir:
-        ckpt_dir = throughput.checkpoint_for("minilm", workdir)
-        from bertc.sources import google_checkpoint as checkpoint
-        ckpt = checkpoint.load_checkpoint(ckpt_dir, checksums=False)
-        every = padding_free.mrpc_batches(ckpt.vocab_file, BATCH, SEQ)
-        calibration = every[:CALIBRATION // BATCH]
-        mrpc = every[CALIBRATION // BATCH:][:args.batches]
-        full = padding_free.full_length(mrpc[:max(4, args.batches // 4)])
-        trimmed = [padding_free.trimmed(b) for b in mrpc]
-        model = throughput.torch_model(ckpt)
-        reference = ovb.reference_embeddings(model, trimmed)
-        runs, cosines = {}, {}
-        for dtype in ("float32", "bfloat16", "int8"):
-            label = f"bertc ov {dtype}"
-            out = os.path.join(workdir, dtype)
-            builder.build(builder.BuildOptions(
-                output=out, ckpt=ckpt_dir, head="embedding", batch_size=BATCH,
-                seq_lens=list(BUCKETS), target="openvino", dtype=dtype, verify=False,
-                calibration_rows=CALIBRATION if dtype == "int8" else None))
-            fn = ovb.ov_bucket_fn(out, BUCKETS, target.precision(dtype), cores)
-            runs[(label, "full")] = (fn, full)
-            runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, BUCKETS))
-            cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, BUCKETS),
-                                            reference, False)
-        fp32_path = throughput.export_onnx(model, trimmed[0], os.path.join(workdir, "hf.onnx"))
-        hf_ov = ov.Core().read_model(fp32_path)
-        calib = [[b[k].astype(np.int64) for k in ovb.INPUTS]
-                 for b in (padding_free.trimmed(c) for c in calibration)]
-        hf_int8 = nncf.quantize(hf_ov, nncf.Dataset(calib),
-                                model_type=nncf.ModelType.TRANSFORMER,
-                                subset_size=CALIBRATION)
-        peers = {"OV+NNCF default (HF)": ovb.ov_hf_fn(ov.Core().compile_model(hf_int8, "CPU"))}
-        try:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-            int8_path = os.path.join(workdir, "hf_int8.onnx")
-            quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
-            peers["ORT fp32 (HF)"] = ort_fn(fp32_path, cores)
-            peers["ORT int8 quantize_dynamic (HF)"] = ort_fn(int8_path, cores)
-        except Exception as exc:  # noqa: BLE001  a peer that cannot be built is reported
-            print(f"ONNX Runtime peers skipped: {type(exc).__name__}: {exc}", flush=True)
-        for label, fn in peers.items():
-            runs[(label, "full")] = (fn, full)
-            runs[(label, "mrpc")] = (fn, trimmed)
-            cosines[label] = ovb.min_cosine(fn, trimmed, reference, True)
-        rates = throughput.interleaved_rates(runs, args.rounds, 0.0)
-        base = {t: rates[("bertc ov float32", t)] for t in ("full", "mrpc")}
-        bf16 = {t: rates[("bertc ov bfloat16", t)] for t in ("full", "mrpc")}
-        print("\nminilm: inf/s (ratio to bertc ov f32); min embedding cosine vs torch fp32")
-        print("| stack | full [4,128] | MRPC | cosine |\n|---|---|---|---|")
-        for label in dict.fromkeys(lab for lab, _ in runs):
-            cells = [f"{rates[(label, t)]:.1f} ({rates[(label, t)] / base[t]:.2f}x)"
-                     for t in ("full", "mrpc")]
-            print(f"| {label} | {cells[0]} | {cells[1]} | {cosines[label]:.5f} |", flush=True)
-        for t in ("full", "mrpc"):
-            print(f"int8 / bf16 ({t}): {rates[('bertc ov int8', t)] / bf16[t]:.2f}x")
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as workdir:
+            run_model(name, args, workdir)
+        print(f"load after {name}: {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

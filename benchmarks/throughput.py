@@ -149,8 +149,12 @@ def positional(model, outputs):
 
 def export_onnx(model, batch, path):
     """The HF BertModel exported to ONNX (opset 17), batch and sequence dynamic;
-    outputs last_hidden_state [B, S, D] and pooler_output [B, D]."""
+    outputs last_hidden_state [B, S, D] and pooler_output [B, D].  A copy is
+    exported: torch.onnx.export (dynamo=False, torch 2.13) leaves the model it
+    traces changed (MiniLM's MRPC accuracy read 72.73% after it, 74.03% before)."""
+    import copy
     import torch
+    model = copy.deepcopy(model)
     inputs = tuple(torch.from_numpy(batch[k]).long()
                    for k in ("input_ids", "input_mask", "segment_ids"))
     outputs = ("last_hidden_state", "pooler_output")

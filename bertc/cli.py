@@ -485,9 +485,11 @@ def _configure_logging(command: str) -> None:
         from bertc.builder import stages
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        stages.logger.addHandler(handler)
-        stages.logger.setLevel(logging.INFO)
-        stages.logger.propagate = False
+        for name in stages.SHOWN_LOGGERS:
+            shown = logging.getLogger(name)
+            shown.addHandler(handler)
+            shown.setLevel(logging.INFO)
+            shown.propagate = False
 
 
 def as_flags(message: str) -> str:

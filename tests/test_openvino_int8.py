@@ -6,7 +6,11 @@
   search's steps and the ops kept in f32.
 - Calibration and verify splits are disjoint, and their checksums are those of
   the MRPC rows they name.
-- A bound no int8 model meets (cosine >= 0.99999) is one error line and no artifact.
+- A bound no int8 model meets (cosine >= 0.99999) is one error line and no artifact;
+  its log names the layers the search put back in f32 by their checkpoint variables.
+- A classifier head keeps argmax agreement >= 99% against Hugging Face's fp32 logits
+  on the held-out pairs, and verify reports the task metric beside fp32's.
+- Every MatMul of an IR is named by the checkpoint variable it multiplies by.
 (`bertc serve` on an int8 IR: tests/test_serving.py runs every server test on it.)
 """
 
@@ -51,15 +55,23 @@ def _mrpc():
 
 IR_SCRIPT = """
 import sys, numpy as np, openvino as ov
-xml, feeds, out = sys.argv[1:]
+xml, feeds, out, output = sys.argv[1:]
 data = np.load(feeds)
 compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-rows = [compiled({k: data[k][i:i + 4] for k in data.files})["embedding"]
+rows = [compiled({k: data[k][i:i + 4] for k in data.files})[output]
         for i in range(0, len(data["input_ids"]), 4)]
 np.save(out, np.concatenate(rows))
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "bertc", "nncf", "torch"))
 assert not bad, bad
 """
+
+
+def _run_ir_alone(xml, feeds, output, tmp_path):
+    """`output` of the IR on `feeds`, run by a process that imports only openvino."""
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    subprocess.run([sys.executable, "-c", IR_SCRIPT, xml, str(tmp_path / "feeds.npz"),
+                    str(tmp_path / "out.npy"), output], check=True, timeout=300)
+    return np.load(tmp_path / "out.npy")
 
 
 def test_int8_meets_its_bound_against_hugging_face_in_a_fresh_process(
@@ -71,11 +83,8 @@ def test_int8_meets_its_bound_against_hugging_face_in_a_fresh_process(
     tokenizer = WordPieceTokenizer.from_vocab_file(
         os.path.join(int8_artifact, "vocab.txt"), do_lower_case=True)
     feeds = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held], seq_len=SEQ)
-    np.savez(tmp_path / "feeds.npz", **feeds)
     xml = os.path.join(int8_artifact, "openvino", f"seq_{SEQ}", "model.xml")
-    subprocess.run([sys.executable, "-c", IR_SCRIPT, xml, str(tmp_path / "feeds.npz"),
-                    str(tmp_path / "out.npy")], check=True, timeout=300)
-    got = np.load(tmp_path / "out.npy")
+    got = _run_ir_alone(xml, feeds, "embedding", tmp_path)
     model = transformers.BertModel.from_pretrained(minilm_hf_dir).eval()
     hidden, _ = bt.hf_forward(model, feeds)
     want = bt.mean_pool_normalize(hidden, feeds["input_mask"])
@@ -122,6 +131,9 @@ def test_a_bound_no_int8_model_meets_is_one_line_and_no_artifact(minilm_ckpt, tm
     assert any("--max_cosine_loss" in ln and "no int8 model meets" in ln for ln in errors), \
         result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    # the search's steps name the ops it kept in f32 by their checkpoint variables
+    steps = [ln for ln in result.stderr.splitlines() if "int8 step 1:" in ln]
+    assert steps and "(bert/encoder/layer_" in steps[0], result.stderr[-3000:]
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
@@ -147,3 +159,61 @@ def test_a_separate_calibration_file_drops_its_pairs_from_the_held_out_split(tmp
     assert len(cal) == 11 and len(held) == len(pairs) - 10
     assert not {(p.text_a, p.text_b) for p in cal} & {(p.text_a, p.text_b) for p in held}
     assert splits.held_out_pairs(record) == held
+
+
+def _tiny_classifier(tmp_path):
+    cfg = bt.tiny_config(hidden=64, heads=2, layers=2, vocab=80, max_pos=128)
+    weights = bt.random_weights(cfg, seed=3, num_labels=2)
+    return cfg, weights, bt.write_google_checkpoint(str(tmp_path / "ckpt"), cfg, weights)
+
+
+def test_a_classifier_keeps_argmax_against_hugging_face_and_verify_scores_the_task(tmp_path):
+    from bertc.text.tokenization import WordPieceTokenizer
+    cfg, weights, ckpt = _tiny_classifier(tmp_path)
+    out = tmp_path / "int8"
+    built = bt.run_cli("build", "--ckpt", ckpt, "--output", out, "--head", "classifier",
+                       "--target", "openvino", "--dtype", "int8", "--calibration_rows",
+                       str(CALIBRATION), "--verify_rows", str(HELD_OUT), "--seq_len", str(SEQ),
+                       "--batch_size", str(BATCH), timeout=900)
+    assert built.returncode == 0, built.stderr[-2000:]
+    doc = _manifest(out)
+    assert doc["target"]["openvino"]["int8"]["bound"]["metric"] == "argmax"
+    assert doc["target"]["openvino"]["int8"]["bound"]["limit"] == pytest.approx(0.99)
+    _, pairs = _mrpc()
+    held = pairs[CALIBRATION:CALIBRATION + HELD_OUT]
+    tokenizer = WordPieceTokenizer.from_vocab_file(os.path.join(out, "vocab.txt"),
+                                                   do_lower_case=True)
+    feeds = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held], seq_len=SEQ)
+    got = _run_ir_alone(os.path.join(out, "openvino", f"seq_{SEQ}", "model.xml"), feeds,
+                        "logits", tmp_path)
+    _, pooled = bt.hf_forward(bt.hf_model(cfg, weights), feeds)
+    want = bt.classifier_logits(pooled, weights)
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.99
+    assert np.abs(got - want).max() > 1e-5  # it is int8, not a float model called int8
+    verified = bt.run_cli("verify", out, timeout=600)
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    lines = [ln for ln in (verified.stdout + verified.stderr).splitlines()
+             if f"task: MRPC paraphrase on {HELD_OUT} held-out pairs" in ln]
+    assert lines and "(fp32 " in lines[0], verified.stdout[-2000:]
+    labels = np.array([p.label for p in held])
+    fp32_accuracy = 100 * np.mean(want.argmax(-1) == labels)
+    assert f"(fp32 {fp32_accuracy:.2f}%)" in lines[0]  # fp32's score is HF's score
+
+
+def test_every_matmul_of_an_ir_is_named_by_its_checkpoint_variable(tmp_path):
+    import bertc
+    import openvino as ov
+    from bertc.builder.targets import openvino_int8
+    _, weights, ckpt = _tiny_classifier(tmp_path)
+    out = str(tmp_path / "f32")
+    bertc.build(bertc.BuildOptions(output=out, ckpt=ckpt, head="classifier", batch_size=BATCH,
+                                   seq_lens=(SEQ,), target="openvino", dtype="float32",
+                                   verify=False))
+    model = ov.Core().read_model(os.path.join(out, "openvino", f"seq_{SEQ}", "model.xml"))
+    names = openvino_int8.layer_names(model, openvino_int8.weight_fingerprints(weights))
+    kernels = {n for n in weights if n.endswith("/kernel") and "/encoder/" in n}
+    named = sorted(names.values())
+    assert kernels <= set(named) and len(kernels) == 2 * 6
+    assert {"bert/pooler/dense/kernel", "output_weights"} <= set(named)
+    assert len(named) == len(set(named))  # one op per variable
+    assert "an unnamed constant" not in named

@@ -241,7 +241,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
             list(passes) + (["mixed_precision"] if options.dtype != "float32" else []),
             verify_lib.EXACT)
         if options.dtype == "int8":
-            int8 = _int8_plan(options, head, ckpt.vocab_file, lower)
+            int8 = _int8_plan(options, head, ckpt.vocab_file, lower, model.weights)
             thresholds = int8["thresholds"]
     pass_options = rewriting.pass_options(graph_dtype(options), options.aggressive_optimizations,
                                           options.target)
@@ -330,8 +330,10 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     return doc, verify_reports
 
 
-def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool) -> dict:
-    """The int8 build's bound, verify thresholds and text splits (bertc/text/splits.py)."""
+def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool,
+               weights: dict) -> dict:
+    """The int8 build's bound, verify thresholds, text splits (bertc/text/splits.py)
+    and the weights' fingerprints that name the layers kept in f32."""
     from bertc.builder.targets import openvino_int8
     from bertc.text import splits
     from bertc.text import tokenization
@@ -346,6 +348,7 @@ def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool) -
     return {"bound": bound, "thresholds": openvino_int8.thresholds(bound), "split": record,
             "calibration": calibration, "held_out": held_out,
             "nncf_version": openvino_int8.load_nncf().__version__,
+            "fingerprints": openvino_int8.weight_fingerprints(weights),
             "tokenize": lambda pairs, seq_len: features_lib.pair_features(
                 tokenizer, pairs, seq_len)}
 
@@ -354,7 +357,7 @@ def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: i
     from bertc.builder.targets import openvino_int8
     return openvino_int8.quantize_bucket(tmp, call, int8["tokenize"](int8["calibration"],
                                                                      seq_len),
-                                         batch_size, int8["bound"])
+                                         batch_size, int8["bound"], int8["fingerprints"])
 
 
 class VerifyFailed(CheckFailed):

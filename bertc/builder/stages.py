@@ -8,6 +8,9 @@ import time
 
 #: The stage lines' logger: the CLI shows it at its default verbosity.
 logger = logging.getLogger(__name__)
+#: Loggers whose INFO lines a quiet `bertc build` still shows: the stage lines, and
+#: the int8 search's steps (each names the layers it put back in f32, and the error).
+SHOWN_LOGGERS = (__name__, "bertc.builder.targets.openvino_int8")
 
 
 def peak_rss_mb() -> float:

@@ -21,11 +21,18 @@ the bound, BertcError (one line) and no artifact.  (NNCF's own
 `quantize_with_accuracy_control` ran over 11 minutes on MiniLM on 2 cores without
 finishing; this search costs one compile per quantizer and one quantize per step.)
 
+Ops are named in the IR as TensorFlow named them (`MatMul_8`); the record and the
+log also name each op kept in f32 by the checkpoint variable its constant input
+holds (`bert/encoder/layer_0/output/dense/kernel`), found by the bytes of the
+weight (weight_fingerprints), or as an attention matmul when both inputs are
+activations.
+
 The int8 IR keeps the fp32 IR's ports; it is compiled with inference precision
 f32 (`PRECISIONS['int8']`), so what is not int8 runs in f32.
 """
 
 import dataclasses
+import hashlib
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -131,6 +138,41 @@ def quantizers(model) -> Dict[str, List[str]]:
             for op in model.get_ops() if op.get_type_name() == "FakeQuantize"}
 
 
+def weight_fingerprints(weights: Dict[str, np.ndarray]) -> Dict[str, str]:
+    """{sha1 of a 2-D weight's float32 bytes, as stored and transposed: its variable
+    name}: how an anonymous IR constant is named (layer_names)."""
+    out = {}
+    for name, value in weights.items():
+        value = np.asarray(value)
+        if value.ndim == 2 and value.dtype == np.float32:
+            for oriented in (value, value.T):
+                out[hashlib.sha1(np.ascontiguousarray(oriented).tobytes()).hexdigest()] = name
+    return out
+
+
+def layer_names(model, fingerprints: Dict[str, str]) -> Dict[str, str]:
+    """{MatMul op name: the checkpoint variable its constant input holds, or
+    'attention (activation x activation)'} of an fp32 OpenVINO model."""
+    names = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        constants = [i.get_source_output().get_node() for i in op.inputs()]
+        constants = [c for c in constants if c.get_type_name() == "Constant"]
+        if not constants:
+            names[op.get_friendly_name()] = "attention (activation x activation)"
+            continue
+        data = np.ascontiguousarray(constants[0].get_data())
+        key = hashlib.sha1(data.astype(np.float32).tobytes()).hexdigest()
+        names[op.get_friendly_name()] = fingerprints.get(key, "an unnamed constant")
+    return names
+
+
+def named(ops: Sequence[str], names: Dict[str, str]) -> List[str]:
+    """'op (variable)' for each op, as the log and the manifest list them."""
+    return [f"{op} ({names[op]})" if op in names else op for op in ops]
+
+
 def _without(model, fq_name: str):
     """A copy of `model` with one FakeQuantize bypassed (its consumers read float)."""
     copy = model.clone()
@@ -145,14 +187,17 @@ def _quantize(nncf, model, batches: List[dict], ignored: Sequence[str]):
     if ignored:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
     return nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=sum(len(b["input_ids"]) for b in batches), **kwargs)
+                         subset_size=len(batches), **kwargs)
 
 
 def search(model, batches: List[dict], references: List[np.ndarray], bound: Bound,
-           compile_fn, rows: int, max_steps: int = MAX_STEPS):
+           compile_fn, rows: int, max_steps: int = MAX_STEPS,
+           names: Optional[Dict[str, str]] = None):
     """(int8 model, record): nncf.quantize, then layers back to f32 most damaging
-    first until `bound` holds on the calibration rows; BertcError if no step does."""
+    first until `bound` holds on the calibration rows; BertcError if no step does.
+    `names` (layer_names) names the ops kept in f32 in the log and the record."""
     nncf = load_nncf()
+    names = names or {}
     quantized = _quantize(nncf, model, batches, ())
     first = quantizers(quantized)
     metric = evaluate(compile_fn(quantized), batches, references, bound, rows)
@@ -178,10 +223,12 @@ def search(model, batches: List[dict], references: List[np.ndarray], bound: Boun
             metric = evaluate(compile_fn(quantized), batches, references, bound, rows)
             steps.append({"step": step, "call": "nncf.quantize(model_type=TRANSFORMER, "
                           f"ignored_scope=<{len(kept)} ops>)", "kept_in_f32": kept,
+                          "kept_in_f32_layers": named(kept, names),
                           "quantizers": len(left), "metric": metric,
                           "meets": metric >= bound.limit and bool(left)})
             logger.info("int8 step %d: %d ops kept in f32 (%s), %d quantizers, %s %.6f",
-                        step, len(kept), ", ".join(kept), len(left), bound.metric, metric)
+                        step, len(kept), ", ".join(named(kept, names)), len(left),
+                        bound.metric, metric)
             if steps[-1]["meets"] or count >= len(ranked) or not left:
                 break
             count = min(2 * count, len(ranked))
@@ -191,15 +238,20 @@ def search(model, batches: List[dict], references: List[np.ndarray], bound: Boun
             f"`{bound.option}`: no int8 model meets {bound.describe()} on the {rows} "
             f"calibration pairs (after {len(steps)} steps: {best['metric']:.6f} with "
             f"{len(best['kept_in_f32'])} ops in f32); artifact not written")
+    for entry in ranking:
+        entry["feeds_layers"] = named(entry["feeds"], names)
     return quantized, {"bound": dataclasses.asdict(bound), "steps": steps,
                        "ranking": ranking, "kept_in_f32": best["kept_in_f32"],
+                       "kept_in_f32_layers": named(best["kept_in_f32"], names),
                        "quantizers": best["quantizers"], "metric": best["metric"]}
 
 
 def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str, np.ndarray],
-                    batch_size: int, bound: Bound) -> dict:
+                    batch_size: int, bound: Bound,
+                    fingerprints: Optional[Dict[str, str]] = None) -> dict:
     """Quantizes one bucket's IR in place (model.xml/.bin) on the calibration
-    `features` (int32 [N, S]); returns the manifest record of the search."""
+    `features` (int32 [N, S]); returns the manifest record of the search.
+    `fingerprints` (weight_fingerprints of the checkpoint) name the layers."""
     from bertc.runtime import openvino_runner
     ov = openvino_settings.load()
     xml = os.path.join(artifact_dir, compile_record["ir"])
@@ -215,7 +267,8 @@ def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str,
     references = [np.array(request.infer(b)[fp32.output(bound.output)]) for b in batches]
     del request, fp32
     quantized, record = search(model, batches, references, bound,
-                               lambda m: core.compile_model(m, "CPU", properties), rows)
+                               lambda m: core.compile_model(m, "CPU", properties), rows,
+                               names=layer_names(model, fingerprints or {}))
     # the fp32 IR is memory-mapped by `model`: write beside it, then rename over it
     staged = xml[:-len(".xml")] + ".int8.xml"
     ov.save_model(quantized, staged, compress_to_fp16=False)
@@ -223,7 +276,8 @@ def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str,
     for suffix in (".xml", ".bin"):
         os.replace(staged[:-len(".xml")] + suffix, xml[:-len(".xml")] + suffix)
     record["calibration_rows"] = rows
-    logger.info("openvino int8: %s, %d quantizers, %d ops in f32, %s %.6f on %d "
+    logger.info("openvino int8: %s, %d quantizers, kept in f32: %s; %s %.6f on %d "
                 "calibration pairs", compile_record["ir"], record["quantizers"],
-                len(record["kept_in_f32"]), bound.metric, record["metric"], rows)
+                ", ".join(record["kept_in_f32_layers"]) or "none", bound.metric,
+                record["metric"], rows)
     return record
