@@ -5,14 +5,15 @@
 
 Workload: MRPC dev pairs to :classify (bertc.client.loadgen, the load `bertc client`
 sends), an embedding head, so each request is two rows. In turns, in this process:
-  bertc     `bertc serve --parallel 2 --intra_op_threads 1` (subprocess, 127.0.0.1)
+  bertc P   `bertc serve --parallel P` for P = 1 (2 intra-op threads), 2 (1 each)
+            (subprocess, 127.0.0.1)
   ray N     the Ray Serve application (bertc.serving.ray_engine) with N BertcModel
             replicas of one intra-op thread, bertc's batcher in each replica, on a
             local Ray started here (no dashboard, 127.0.0.1)
   ray 2 sb  2 replicas with @serve.batch instead of bertc's batcher
 Each: a warm-up pass, clients x cycle requests (requests/s, rows/s = 2 x requests/s),
 then one client x 40 requests (p50 latency without queueing). The latency Ray adds
-is ray 1's light-load p50 minus bertc --parallel 1's. On a 2-core machine 4 replicas
+is ray 2's light-load p50 minus bertc --parallel 2's (both 2 x 1 intra-op thread). On a 2-core machine 4 replicas
 oversubscribe the cores. CPU model, ISA flags and the load average are printed.
 """
 
@@ -112,8 +113,10 @@ def main():
         ray.shutdown()
     by = {r["stack"]: r for r in results}
     summary = {
-        "ray_added_light_p50_ms": round(by["ray 1 replica(s), batching bertc"]["light_p50_ms"]
-                                        - by["bertc --parallel 1"]["light_p50_ms"], 2),
+        # Same threads on both sides: 2 replicas x 1 intra-op thread (bertc --parallel 1
+        # runs 2 threads in one replica, ray's replicas 1 each).
+        "ray_added_light_p50_ms": round(by["ray 2 replica(s), batching bertc"]["light_p50_ms"]
+                                        - by["bertc --parallel 2"]["light_p50_ms"], 2),
         "ray2_over_bertc2_throughput": round(
             by["ray 2 replica(s), batching bertc"]["requests_per_s"]
             / by["bertc --parallel 2"]["requests_per_s"], 3),
