@@ -294,5 +294,24 @@ def test_scale_from_1_to_2_replicas_under_load_drops_nothing(app, artifact, port
     assert len(replica_nodes()) == 2
 
 
+def test_config_file_builder_takes_string_args_and_names_bad_ones(artifact):
+    """`serve run` / `serve deploy` pass a config file's args, possibly as strings."""
+    from ray.serve import Application
+    from bertc.errors import BertcError
+    app = ray_engine.build_app({"model": artifact, "num_replicas": "3",
+                                "max_batch_delay_ms": "2.5", "batching": "serve"})
+    assert isinstance(app, Application)
+    opts = ray_engine.RayServeOptions.from_args({"model": artifact, "num_replicas": "3"})
+    assert opts.num_replicas == 3
+    for args, needle in [({"model": artifact, "replicas": 2}, "`replicas`: not an option"),
+                         ({"num_replicas": 2}, "`model` is required"),
+                         ({"model": artifact, "num_replicas": "two"}, "`num_replicas` 'two'"),
+                         ({"model": artifact, "batching": "tf"}, "`batching` 'tf'"),
+                         ({"model": "/nonexistent"}, "`model` /nonexistent: not a directory")]:
+        with pytest.raises(BertcError, match=None) as raised:
+            ray_engine.build_app(args)
+        assert needle in str(raised.value), (args, str(raised.value))
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-x", "-q", "-s"]))
