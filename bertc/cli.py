@@ -162,6 +162,12 @@ flags.DEFINE_float("keepalive_timeout_s", serving_defaults.KEEPALIVE_TIMEOUT_S, 
                    "seconds an idle keep-alive connection stays open.")
 flags.DEFINE_float("header_timeout_s", serving_defaults.HEADER_TIMEOUT_S, "serve: seconds "
                    "a request's headers may take to arrive (the connection is closed beyond).")
+flags.DEFINE_enum("engine", "bertc", ["bertc", "ray"], "serve: bertc's own HTTP server, or "
+                  "a Ray Serve application over a Ray cluster (pip install 'bertc[ray]').")
+flags.DEFINE_integer("num_replicas", 1, "serve --engine ray: BertcModel replicas (processes, "
+                     "spread over the cluster's nodes).", lower_bound=1)
+flags.DEFINE_string("ray_address", None, "serve --engine ray: the Ray cluster to deploy to "
+                    "(e.g. 10.0.0.5:6379 or auto); default: start a local Ray.")
 flags.DEFINE_float("paraphrase_threshold", None, "serve: cosine threshold for embedding "
                    "heads (default: the manifest's, else 0.68, calibrated for MiniLM on "
                    "MRPC dev).")
@@ -257,9 +263,11 @@ COMMANDS = {
                       "header_timeout_s",
                       "body_timeout_s", "keepalive_timeout_s")),
          ("batching", ("parallel", "intra_op_threads", "inter_op_threads",
-                       "max_batch_delay_ms", "max_queue"))),
+                       "max_batch_delay_ms", "max_queue")),
+         ("ray serve", ("engine", "num_replicas", "ray_address"))),
         ("bertc serve --model artifacts/minilm --port 8501",
-         "bertc serve --model artifacts/minilm --port 8501 --grpc_port 8500"),
+         "bertc serve --model artifacts/minilm --port 8501 --grpc_port 8500",
+         "bertc serve --model artifacts/minilm --engine ray --num_replicas 2"),
         log_level=logging.INFO),
     "client": Command(
         "ask a server about one sentence pair, or load-test it",
@@ -398,6 +406,23 @@ def cmd_serve(args):
     if not FLAGS.model:
         raise BertcError("serve: --model is required; expected an artifact directory written "
                          "by bertc build")
+    engine_only = {"ray": ("num_replicas", "ray_address"),
+                   "bertc": ("parallel", "inter_op_threads", "body_timeout_s",
+                             "keepalive_timeout_s", "header_timeout_s", "grpc_port")}
+    for engine, names in engine_only.items():
+        for name in names:
+            if FLAGS[name].present and FLAGS.engine != engine:
+                raise BertcError(f"--{name}: only with --engine {engine} (got --engine "
+                                 f"{FLAGS.engine})")
+    if FLAGS.engine == "ray":
+        from bertc.serving import ray_engine
+        return ray_engine.run(ray_engine.RayServeOptions(
+            model=FLAGS.model, model_name=FLAGS.model_name, num_replicas=FLAGS.num_replicas,
+            ray_address=FLAGS.ray_address, host=FLAGS.host, port=FLAGS.port,
+            intra_op_threads=FLAGS.intra_op_threads or 1,
+            max_batch_delay_ms=FLAGS.max_batch_delay_ms, max_queue=FLAGS.max_queue,
+            max_instances=FLAGS.max_instances, max_body_bytes=FLAGS.max_body_bytes,
+            paraphrase_threshold=FLAGS.paraphrase_threshold))
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
         grpc_port=FLAGS.grpc_port, parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,

@@ -13,6 +13,8 @@ Metrics (metrics.py), the artifact as seen by the server (artifact.py), defaults
 (defaults.py), paraphrase
 thresholds (paraphrase.py) and TF Serving scale-out files (tfserving_config.py)
 sit beside them; server.py ties them together and owns start-up and drain.
+ray_engine.py is the other engine (`--engine ray`): the same parsing and batching as a
+Ray Serve application (an HTTP ingress and N model replicas), Ray imported lazily.
 Serving stands on the artifact (SavedModel + bertc.json + vocab.txt) and never
 imports the model-building code.
 """
