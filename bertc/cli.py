@@ -173,6 +173,8 @@ flags.DEFINE_string("plot", None, "client: write a latency histogram PNG (needs 
 flags.DEFINE_integer("seed", 0, "client: seed of the pair order.")
 flags.DEFINE_string("squad", None, "client: a SQuAD v1.1 JSON file; every question goes to "
                     ":answer once (--clients at a time) and exact match / F1 are reported.")
+flags.DEFINE_string("squad_predictions", None, "client --squad: also write the answers "
+                    "there as {question id: answer} (what SQuAD's evaluate-v1.1.py reads).")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -248,7 +250,7 @@ COMMANDS = {
         "[--clients N --cycle N] | --squad FILE.json)",
         (("server", ("url", "model_name", "request_timeout_s")),
          ("one request", ("pair",)),
-         ("question answering", ("squad",)),
+         ("question answering", ("squad", "squad_predictions")),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
          ("output", ("json",))),
         ("bertc client --pair \"The cat sat.\" \"A cat was sitting.\"",
@@ -391,6 +393,8 @@ def cmd_client(args):
     if FLAGS.squad:
         _squad(args)
         return
+    if FLAGS.squad_predictions:
+        raise BertcError("--squad_predictions: only with --squad FILE.json")
     pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
     if FLAGS.pair is not None:
         _ask_one_pair(command, pairs[0])
@@ -412,7 +416,8 @@ def _squad(args):
         if FLAGS[name].present:
             raise BertcError(f"--{name}: not with --squad (which sends every question once)")
     summary = squad.run(FLAGS.url, squad.read_squad(FLAGS.squad), clients=FLAGS.clients,
-                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s)
+                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s,
+                        predictions_path=FLAGS.squad_predictions)
     print(json.dumps(summary, indent=2) if FLAGS.json else squad.format_text(summary))
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['questions']} questions was answered")
