@@ -149,11 +149,27 @@ def torch_fn(model, bf16: bool):
     return run
 
 
-def ov_default_fn(model, rows, workdir: str):
-    """OpenVINO's default on the HF model: exported to ONNX, compiled with no properties."""
+def export_hf_onnx(ckpt_dir: str, rows: dict, path: str) -> str:
+    """The HF model of the checkpoint exported to ONNX at `path`, in a child process
+    (tracing and serializing BERT-Large holds several copies of its weights; the
+    child's memory is returned before any stack is loaded here)."""
+    if not os.path.isfile(path):
+        np.savez(path + ".rows.npz", **rows)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--onnx_child", ckpt_dir,
+                        path], check=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
+    return path
+
+
+def onnx_child(ckpt_dir: str, path: str) -> None:
+    from bertc.sources import google_checkpoint as checkpoint
+    rows = dict(np.load(path + ".rows.npz"))
+    model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False))
+    throughput.export_onnx(model, rows, path, outputs=("start_logits", "end_logits"))
+
+
+def ov_default_fn(path: str):
+    """OpenVINO's default on the HF model's ONNX export: compiled with no properties."""
     import openvino as ov
-    path = throughput.export_onnx(model, rows, os.path.join(workdir, "hf_qa.onnx"),
-                                  outputs=("start_logits", "end_logits"))
     core = ov.Core()
     compiled = core.compile_model(core.read_model(path), "CPU")
     print(f"ov_default: inference precision "
@@ -164,6 +180,12 @@ def ov_default_fn(model, rows, workdir: str):
         result = request.infer([b[k].astype(np.int64) for k in INPUTS])
         return result[0], result[1]
     return run
+
+
+def rss() -> str:
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    return f"RSS {kib / 2**20:.2f} GiB"
 
 
 def bertc_tf_fn(artifact: str, seq: int, intra: int, inter: int):
@@ -210,7 +232,11 @@ def main():
     parser.add_argument("--inter_op_threads", type=int, default=1)
     parser.add_argument("--build_only", action="store_true")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--onnx_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.onnx_child:
+        onnx_child(*args.onnx_child)
+        return
     print(machine.header(), flush=True)
     print(f"BERT-Large-shaped ({args.layers} of 24 layers), span head, batch {args.batch} x "
           f"seq {args.seq}; intra_op_threads {args.intra_op_threads}, inter_op_threads "
@@ -233,10 +259,10 @@ def main():
         out = os.path.join(work, f"art_{target}_{dtype}")
         if not os.path.isdir(out):
             from bertc.builder.targets import openvino as ov_target
-            wall, rss = timed_build(ckpt_dir, out, args.batch, args.seq,
+            wall, peak = timed_build(ckpt_dir, out, args.batch, args.seq,
                                     dtype or ov_target.default_dtype(), target)
             print(f"build {target} {dtype or 'default'}: {wall:.1f} s, peak RSS "
-                  f"{rss / 2**30:.2f} GiB = {rss / weight_bytes:.2f}x the weights "
+                  f"{peak / 2**30:.2f} GiB = {peak / weight_bytes:.2f}x the weights "
                   f"({weight_bytes / 2**30:.2f} GiB); {load()}", flush=True)
         artifacts[(dtype, target)] = out
     if args.build_only:
@@ -251,15 +277,11 @@ def main():
         print(f"squad rows: {len(real)} windows, real tokens min {real.min()} median "
               f"{int(np.median(real))} max {real.max()}", flush=True)
     fns = {}
-    for name, dtype in (("bertc_f32", "float32"), ("bertc_bf16", "bfloat16")):
-        if name in stacks:
-            fns[name] = bertc_tf_fn(artifacts[(dtype, "cpu")], args.seq,
-                                    args.intra_op_threads, args.inter_op_threads)
-    for name, dtype in (("bertc_ov_f32", "float32"), ("bertc_ov_bf16", "bfloat16")):
-        if name in stacks:
-            fns[name] = bertc_ov_fn(artifacts[(None, "openvino")], args.seq,
-                                    args.intra_op_threads, dtype)
-    if any(s.startswith(("torch", "ov_default")) for s in stacks):
+    if "ov_default" in stacks:  # first, while this process is small
+        fns["ov_default"] = ov_default_fn(export_hf_onnx(
+            ckpt_dir, traffic[next(iter(traffic))], os.path.join(work, "hf_qa.onnx")))
+        print(f"ov_default compiled; {rss()}", flush=True)
+    if any(s.startswith("torch") for s in stacks):
         import torch
         torch.set_num_threads(args.intra_op_threads)
         model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False))
@@ -267,8 +289,17 @@ def main():
             fns["torch_f32"] = torch_fn(model, False)
         if "torch_bf16" in stacks:
             fns["torch_bf16"] = torch_fn(model, True)
-        if "ov_default" in stacks:
-            fns["ov_default"] = ov_default_fn(model, traffic[next(iter(traffic))], work)
+        print(f"torch model loaded; {rss()}", flush=True)
+    for name, dtype in (("bertc_f32", "float32"), ("bertc_bf16", "bfloat16")):
+        if name in stacks:
+            fns[name] = bertc_tf_fn(artifacts[(dtype, "cpu")], args.seq,
+                                    args.intra_op_threads, args.inter_op_threads)
+            print(f"{name} loaded; {rss()}", flush=True)
+    for name, dtype in (("bertc_ov_f32", "float32"), ("bertc_ov_bf16", "bfloat16")):
+        if name in stacks:
+            fns[name] = bertc_ov_fn(artifacts[(None, "openvino")], args.seq,
+                                    args.intra_op_threads, dtype)
+            print(f"{name} compiled; {rss()}", flush=True)
     order = ["torch_f32"] + [n for n in fns if n != "torch_f32"]
     for kind, rows in traffic.items():
         mask = rows["input_mask"]
@@ -277,8 +308,8 @@ def main():
             if name in fns:
                 t = time.perf_counter()
                 got[name] = fns[name](rows)
-                print(f"{kind:<6} {name:<13} warm-up {time.perf_counter() - t:6.1f} s",
-                      flush=True)
+                print(f"{kind:<6} {name:<13} warm-up {time.perf_counter() - t:6.1f} s; "
+                      f"{rss()}", flush=True)
         want = got.get("torch_f32")
         if want is not None:
             want_spans = best_spans(*want, mask)
