@@ -48,11 +48,11 @@ from bertc.runtime import machine  # noqa: E402
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
-def make_checkpoint(out: str, layers: int, seq: int) -> str:
+def make_checkpoint(out: str, layers: int, seq: int, shape: str = "large") -> str:
     from bertc.model.config import BertConfig
     from bertc.sources import embedded as defaults
     from bertc.sources import google_checkpoint as checkpoint
-    shape = dict(SHAPES["large"], num_hidden_layers=layers)
+    shape = dict(SHAPES[shape], num_hidden_layers=layers or SHAPES[shape]["num_hidden_layers"])
     config = BertConfig(vocab_size=30522, max_position_embeddings=max(512, seq), **shape)
     weights = random_weights(config, span=True)
     rng = np.random.default_rng(1)  # a span head whose logits vary between tokens
@@ -82,26 +82,37 @@ def timed_build(ckpt: str, out: str, batch: int, seq: int, dtype: str, target: s
     return wall, kib * 1024
 
 
-def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
-    """`count` windows of SQuAD-like requests (contexts of 100-300 MRPC words)."""
+def squad_questions(count: int, seed: int = 0) -> list:
+    """`count` SQuAD-like (question, context) pairs: a context of 100-300 consecutive
+    MRPC dev words, and "what" + the first 8 words of the next sentence + "?"."""
     from bertc.text import pairs as textdata
-    from bertc.text import question_answering as qa
-    from bertc.text.tokenization import WordPieceTokenizer
-    tok = WordPieceTokenizer.from_vocab_file(vocab, True)
     sentences = [s for p in textdata.read_mrpc_tsv(textdata.default_mrpc_path())
                  for s in (p.text_a, p.text_b)]
     rng = np.random.default_rng(seed)
-    rows = {n: [] for n in INPUTS}
-    while len(rows["input_ids"]) < count:
+    out = []
+    for _ in range(count):
         words, start = [], int(rng.integers(0, len(sentences) - 40))
         target = int(rng.integers(100, 301))
         while len(words) < target:
             words += sentences[start].split()
             start += 1
-        question = "what " + " ".join(sentences[start].split()[:8]) + " ?"
-        win = qa.windows(tok, question, " ".join(words[:target]), seq)
+        out.append(("what " + " ".join(sentences[start].split()[:8]) + " ?",
+                    " ".join(words[:target])))
+    return out
+
+
+def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
+    """`count` windows of SQuAD-like requests (squad_questions), cut at `seq`."""
+    from bertc.text import question_answering as qa
+    from bertc.text.tokenization import WordPieceTokenizer
+    tok = WordPieceTokenizer.from_vocab_file(vocab, True)
+    rows = {n: [] for n in INPUTS}
+    for question, context in squad_questions(count, seed):
+        win = qa.windows(tok, question, context, seq)
         for n in INPUTS:
             rows[n].extend(win.features[n])
+        if len(rows["input_ids"]) >= count:
+            break
     return {n: np.stack(v[:count]).astype(np.int32) for n, v in rows.items()}
 
 
@@ -162,9 +173,11 @@ def export_hf_onnx(ckpt_dir: str, rows: dict, path: str) -> str:
 
 def onnx_child(ckpt_dir: str, path: str) -> None:
     from bertc.sources import google_checkpoint as checkpoint
-    rows = dict(np.load(path + ".rows.npz"))
-    model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False))
-    throughput.export_onnx(model, rows, path, outputs=("start_logits", "end_logits"))
+    import torch
+    rows = {k: v[:2, :64] for k, v in np.load(path + ".rows.npz").items()}  # axes are dynamic
+    model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False)).requires_grad_(False)
+    with torch.no_grad():  # tracing with autograd on kept every layer's activations (OOM)
+        throughput.export_onnx(model, rows, path, outputs=("start_logits", "end_logits"))
 
 
 def ov_default_fn(path: str):
