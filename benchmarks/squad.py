@@ -26,8 +26,8 @@ first pass of each stack is its warm-up and its correctness check against torch_
 (start/end logits at real positions, and whether the best span is the same); the
 timed passes follow.  Figures are sequences (windows) per second and the ratio to
 torch_bf16; the load average is printed before and after the timed passes.  Where
-memory is short (all seven BERT-Large stacks at 32 x 384 are ~14 GiB before their first
-run), run them in groups with the same --workdir, each with torch_bf16 as the common
+memory is short (all seven BERT-Large stacks at 32 x 384 did not fit on the 24 GiB
+development machine: BENCHMARKS.md), run them in groups with the same --workdir, each with torch_bf16 as the common
 yardstick: a group without torch_f32 checks against the outputs an earlier group saved.
 """
 
