@@ -1,27 +1,34 @@
 """Question answering at the Intel BF16 guide's shape: BERT-Large, span head, seq 384.
 
     python benchmarks/squad.py [--layers 24] [--batch 32] [--seq 384] [--rounds 1]
-        [--stacks bertc_f32,bertc_bf16,bertc_ov,torch_f32,torch_bf16,ov_default]
-        [--intra_op_threads N] [--inter_op_threads 1] [--build_only]
+        [--stacks bertc_f32,bertc_bf16,bertc_ov_f32,bertc_ov_bf16,torch_f32,torch_bf16,ov_default]
+        [--intra_op_threads N] [--inter_op_threads 1] [--build_only] [--workdir DIR]
 
 A BERT-Large-shaped random checkpoint with run_squad's span head
 (make_random_checkpoint.py --span; --layers cuts the depth for a quick look) is built
-by `bertc build --head span` at [batch, seq] in float32 and bfloat16; each build runs
-in a child process, and its wall time and peak RSS (wait4's ru_maxrss) are printed
-beside the weights' size (targets: under 90 s and under three times the weights).  Then, in
-this process, timed in turns (throughput.interleaved_rates: best pass of each):
+by `bertc build --head span` at [batch, seq] in float32 and bfloat16 and with
+`--target openvino`; each build runs in a child process, and its wall time and peak
+RSS (GNU time's) are printed beside the weights' size (targets: under 90 s and under
+three times the weights).  Then, in this process, timed in turns
+(throughput.interleaved_rates: best pass of each):
   bertc_f32 / bertc_bf16   the artifact's SavedModel, run as `bertc serve` runs it
                            (runner.RunConfig served, the thread flags given here)
-  bertc_ov                 bertc build --target openvino (its IR, the CPU's default
-                           precision), compiled as serve compiles it, 1 stream
+  bertc_ov_f32 / _bf16     the --target openvino IR, compiled as serve compiles it
+                           (1 stream, the intra-op threads) at f32 and at bf16
   torch_f32 / torch_bf16   transformers' BertForQuestionAnswering on the same weights,
                            fp32 and under torch.autocast("cpu", bfloat16)
-  ov_default               that PyTorch model converted by openvino.convert_model and
-                           compiled with no properties (OpenVINO's default precision)
+  ov_default               that PyTorch model exported to ONNX (throughput.export_onnx)
+                           and compiled with no properties (OpenVINO's default precision)
 on two kinds of rows: `full` (every row 384 real tokens) and `squad` (windows of
 SQuAD-like traffic: a 100-300-word context of MRPC dev sentences and a question,
-cut by bertc.text.question_answering.windows, doc_stride 128; padded rows).
-Figures are sequences (windows) per second and the ratio to torch_bf16.
+cut by bertc.text.question_answering.windows, doc_stride 128; padded rows).  The
+first pass of each stack is its warm-up and its correctness check against torch_f32
+(start/end logits at real positions, and whether the best span is the same); the
+timed passes follow.  Figures are sequences (windows) per second and the ratio to
+torch_bf16; the load average is printed before and after the timed passes.  Where
+memory is short (all seven BERT-Large stacks at 32 x 384 did not fit on the 24 GiB
+development machine: BENCHMARKS.md), run them in groups with the same --workdir, each with torch_bf16 as the common
+yardstick: a group without torch_f32 checks against the outputs an earlier group saved.
 """
 
 import argparse
@@ -44,11 +51,11 @@ from bertc.runtime import machine  # noqa: E402
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 
 
-def make_checkpoint(out: str, layers: int, seq: int) -> str:
+def make_checkpoint(out: str, layers: int, seq: int, shape: str = "large") -> str:
     from bertc.model.config import BertConfig
     from bertc.sources import embedded as defaults
     from bertc.sources import google_checkpoint as checkpoint
-    shape = dict(SHAPES["large"], num_hidden_layers=layers)
+    shape = dict(SHAPES[shape], num_hidden_layers=layers or SHAPES[shape]["num_hidden_layers"])
     config = BertConfig(vocab_size=30522, max_position_embeddings=max(512, seq), **shape)
     weights = random_weights(config, span=True)
     rng = np.random.default_rng(1)  # a span head whose logits vary between tokens
@@ -78,26 +85,37 @@ def timed_build(ckpt: str, out: str, batch: int, seq: int, dtype: str, target: s
     return wall, kib * 1024
 
 
-def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
-    """`count` windows of SQuAD-like requests (contexts of 100-300 MRPC words)."""
+def squad_questions(count: int, seed: int = 0) -> list:
+    """`count` SQuAD-like (question, context) pairs: a context of 100-300 consecutive
+    MRPC dev words, and "what" + the first 8 words of the next sentence + "?"."""
     from bertc.text import pairs as textdata
-    from bertc.text import question_answering as qa
-    from bertc.text.tokenization import WordPieceTokenizer
-    tok = WordPieceTokenizer.from_vocab_file(vocab, True)
     sentences = [s for p in textdata.read_mrpc_tsv(textdata.default_mrpc_path())
                  for s in (p.text_a, p.text_b)]
     rng = np.random.default_rng(seed)
-    rows = {n: [] for n in INPUTS}
-    while len(rows["input_ids"]) < count:
+    out = []
+    for _ in range(count):
         words, start = [], int(rng.integers(0, len(sentences) - 40))
         target = int(rng.integers(100, 301))
         while len(words) < target:
             words += sentences[start].split()
             start += 1
-        question = "what " + " ".join(sentences[start].split()[:8]) + " ?"
-        win = qa.windows(tok, question, " ".join(words[:target]), seq)
+        out.append(("what " + " ".join(sentences[start].split()[:8]) + " ?",
+                    " ".join(words[:target])))
+    return out
+
+
+def squad_rows(vocab: str, seq: int, count: int, seed: int = 0) -> dict:
+    """`count` windows of SQuAD-like requests (squad_questions), cut at `seq`."""
+    from bertc.text import question_answering as qa
+    from bertc.text.tokenization import WordPieceTokenizer
+    tok = WordPieceTokenizer.from_vocab_file(vocab, True)
+    rows = {n: [] for n in INPUTS}
+    for question, context in squad_questions(count, seed):
+        win = qa.windows(tok, question, context, seq)
         for n in INPUTS:
             rows[n].extend(win.features[n])
+        if len(rows["input_ids"]) >= count:
+            break
     return {n: np.stack(v[:count]).astype(np.int32) for n, v in rows.items()}
 
 
@@ -145,19 +163,45 @@ def torch_fn(model, bf16: bool):
     return run
 
 
-def ov_default_fn(model, batch: int, seq: int):
-    import openvino as ov
-    import torch
+def export_hf_onnx(ckpt_dir: str, rows: dict, path: str) -> str:
+    """The HF model of the checkpoint exported to ONNX at `path`, in a child process
+    (tracing and serializing BERT-Large holds several copies of its weights; the
+    child's memory is returned before any stack is loaded here)."""
+    if not os.path.isfile(path):
+        np.savez(path + ".rows.npz", **rows)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--onnx_child", ckpt_dir,
+                        path], check=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
+    return path
 
-    dummy = tuple(torch.ones((batch, seq), dtype=torch.long) for _ in range(3))
-    wrapped = throughput.positional(model, ("start_logits", "end_logits"))
-    compiled = ov.Core().compile_model(ov.convert_model(wrapped, example_input=dummy), "CPU")
+
+def onnx_child(ckpt_dir: str, path: str) -> None:
+    from bertc.sources import google_checkpoint as checkpoint
+    import torch
+    rows = {k: v[:2, :64] for k, v in np.load(path + ".rows.npz").items()}  # axes are dynamic
+    model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False)).requires_grad_(False)
+    with torch.no_grad():  # tracing with autograd on kept every layer's activations (OOM)
+        throughput.export_onnx(model, rows, path, outputs=("start_logits", "end_logits"))
+
+
+def ov_default_fn(path: str):
+    """OpenVINO's default on the HF model's ONNX export: compiled with no properties."""
+    import openvino as ov
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU")
+    print(f"ov_default: inference precision "
+          f"{compiled.get_property('INFERENCE_PRECISION_HINT')}", flush=True)
     request = compiled.create_infer_request()
 
     def run(b):
         result = request.infer([b[k].astype(np.int64) for k in INPUTS])
         return result[0], result[1]
     return run
+
+
+def rss() -> str:
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    return f"RSS {kib / 2**20:.2f} GiB"
 
 
 def bertc_tf_fn(artifact: str, seq: int, intra: int, inter: int):
@@ -167,14 +211,28 @@ def bertc_tf_fn(artifact: str, seq: int, intra: int, inter: int):
     return lambda b: (lambda o: (o["start_logits"], o["end_logits"]))(run(b))
 
 
-def bertc_ov_fn(artifact: str, seq: int, intra: int):
+def bertc_ov_fn(artifact: str, seq: int, intra: int, dtype: str):
     from bertc.runtime import openvino_runner, openvino_settings
-    from bertc.builder.targets import openvino as target
-    precision = openvino_settings.precision(target.default_dtype())
     run = openvino_runner.ir_runner(
         os.path.join(artifact, "openvino", f"seq_{seq}", "model.xml"),
-        openvino_settings.compile_properties(precision, 1, intra))
+        openvino_settings.compile_properties(openvino_settings.precision(dtype), 1, intra))
     return lambda b: (lambda o: (o["start_logits"], o["end_logits"]))(run(b))
+
+
+def best_spans(start, end, mask, longest: int = 30):
+    """(s, e) per row: argmax of start[s] + end[e] over real positions, s <= e < s + longest."""
+    out = []
+    for st, en, m in zip(start, end, mask):
+        n = int(m.sum())
+        score = st[:n, None] + en[None, :n]
+        s_idx, e_idx = np.indices(score.shape)
+        score[(e_idx < s_idx) | (e_idx >= s_idx + longest)] = -np.inf
+        out.append(np.unravel_index(np.argmax(score), score.shape))
+    return out
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main():
@@ -183,18 +241,24 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=384)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--stacks", default="bertc_f32,bertc_bf16,torch_f32,torch_bf16,"
-                                            "ov_default")
+    parser.add_argument("--stacks", default="bertc_f32,bertc_bf16,bertc_ov_f32,bertc_ov_bf16,"
+                                            "torch_f32,torch_bf16,ov_default")
+    parser.add_argument("--kinds", default="full,squad")
     parser.add_argument("--intra_op_threads", type=int, default=os.cpu_count())
     parser.add_argument("--inter_op_threads", type=int, default=1)
     parser.add_argument("--build_only", action="store_true")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--onnx_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.onnx_child:
+        onnx_child(*args.onnx_child)
+        return
     print(machine.header(), flush=True)
     print(f"BERT-Large-shaped ({args.layers} of 24 layers), span head, batch {args.batch} x "
           f"seq {args.seq}; intra_op_threads {args.intra_op_threads}, inter_op_threads "
-          f"{args.inter_op_threads}", flush=True)
+          f"{args.inter_op_threads}; {load()}", flush=True)
     work = args.workdir or tempfile.mkdtemp(prefix="bertc_squad_")
+    os.makedirs(work, exist_ok=True)
     ckpt_dir = os.path.join(work, "ckpt")
     if not os.path.isdir(ckpt_dir):
         make_checkpoint(ckpt_dir, args.layers, args.seq)
@@ -204,40 +268,36 @@ def main():
     builds = [("float32", "cpu")]
     if "bertc_bf16" in stacks:
         builds.append(("bfloat16", "cpu"))
-    if "bertc_ov" in stacks:
+    if any(s.startswith("bertc_ov") for s in stacks):
         builds.append((None, "openvino"))
     artifacts = {}
     for dtype, target in builds:
         out = os.path.join(work, f"art_{target}_{dtype}")
         if not os.path.isdir(out):
             from bertc.builder.targets import openvino as ov_target
-            wall, rss = timed_build(ckpt_dir, out, args.batch, args.seq,
+            wall, peak = timed_build(ckpt_dir, out, args.batch, args.seq,
                                     dtype or ov_target.default_dtype(), target)
             print(f"build {target} {dtype or 'default'}: {wall:.1f} s, peak RSS "
-                  f"{rss / 2**30:.2f} GiB = {rss / weight_bytes:.2f}x the weights "
-                  f"({weight_bytes / 2**30:.2f} GiB)", flush=True)
+                  f"{peak / 2**30:.2f} GiB = {peak / weight_bytes:.2f}x the weights "
+                  f"({weight_bytes / 2**30:.2f} GiB); {load()}", flush=True)
         artifacts[(dtype, target)] = out
     if args.build_only:
         return
     from bertc.sources import google_checkpoint as checkpoint
-    runs = {}
     vocab = os.path.join(ckpt_dir, "vocab.txt")
     traffic = {"full": full_rows(args.batch, args.seq),
                "squad": squad_rows(vocab, args.seq, args.batch)}
-    real = traffic["squad"]["input_mask"].sum(1)
-    print(f"squad rows: {len(real)} windows, real tokens min {real.min()} median "
-          f"{int(np.median(real))} max {real.max()}", flush=True)
+    traffic = {k: traffic[k] for k in args.kinds.split(",")}
+    if "squad" in traffic:
+        real = traffic["squad"]["input_mask"].sum(1)
+        print(f"squad rows: {len(real)} windows, real tokens min {real.min()} median "
+              f"{int(np.median(real))} max {real.max()}", flush=True)
     fns = {}
-    if "bertc_f32" in stacks:
-        fns["bertc_f32"] = bertc_tf_fn(artifacts[("float32", "cpu")], args.seq,
-                                       args.intra_op_threads, args.inter_op_threads)
-    if "bertc_bf16" in stacks:
-        fns["bertc_bf16"] = bertc_tf_fn(artifacts[("bfloat16", "cpu")], args.seq,
-                                        args.intra_op_threads, args.inter_op_threads)
-    if "bertc_ov" in stacks:
-        fns["bertc_ov"] = bertc_ov_fn(artifacts[(None, "openvino")], args.seq,
-                                      args.intra_op_threads)
-    if any(s.startswith(("torch", "ov_default")) for s in stacks):
+    if "ov_default" in stacks:  # first, while this process is small
+        fns["ov_default"] = ov_default_fn(export_hf_onnx(
+            ckpt_dir, traffic[next(iter(traffic))], os.path.join(work, "hf_qa.onnx")))
+        print(f"ov_default compiled; {rss()}", flush=True)
+    if any(s.startswith("torch") for s in stacks):
         import torch
         torch.set_num_threads(args.intra_op_threads)
         model = torch_qa(checkpoint.load_checkpoint(ckpt_dir, checksums=False))
@@ -245,28 +305,50 @@ def main():
             fns["torch_f32"] = torch_fn(model, False)
         if "torch_bf16" in stacks:
             fns["torch_bf16"] = torch_fn(model, True)
-        if "ov_default" in stacks:
-            fns["ov_default"] = ov_default_fn(model, args.batch, args.seq)
-    reference = fns.get("torch_f32")
+        print(f"torch model loaded; {rss()}", flush=True)
+    for name, dtype in (("bertc_f32", "float32"), ("bertc_bf16", "bfloat16")):
+        if name in stacks:
+            fns[name] = bertc_tf_fn(artifacts[(dtype, "cpu")], args.seq,
+                                    args.intra_op_threads, args.inter_op_threads)
+            print(f"{name} loaded; {rss()}", flush=True)
+    for name, dtype in (("bertc_ov_f32", "float32"), ("bertc_ov_bf16", "bfloat16")):
+        if name in stacks:
+            fns[name] = bertc_ov_fn(artifacts[(None, "openvino")], args.seq,
+                                    args.intra_op_threads, dtype)
+            print(f"{name} compiled; {rss()}", flush=True)
+    order = ["torch_f32"] + [n for n in fns if n != "torch_f32"]
     for kind, rows in traffic.items():
-        if reference is not None:
-            want = reference(rows)
-            for name, fn in fns.items():
-                got = fn(rows)
-                pad = np.where(rows["input_mask"] == 1, 0.0, -np.inf)  # real positions only
-                same = np.mean([np.argmax(g + pad, -1) == np.argmax(w + pad, -1)
-                                for g, w in zip(got, want)])
-                err = max(float(np.abs((g - w) * rows["input_mask"]).max())
-                          for g, w in zip(got, want))
-                print(f"{kind:<6} {name:<11} vs torch_f32: max abs {err:.3g} (real positions), "
-                      f"start/end argmax agreement {same:.3f}", flush=True)
+        mask = rows["input_mask"]
+        got = {}
+        for name in order:  # the warm-up pass, kept for the check
+            if name in fns:
+                t = time.perf_counter()
+                got[name] = fns[name](rows)
+                print(f"{kind:<6} {name:<13} warm-up {time.perf_counter() - t:6.1f} s; "
+                      f"{rss()}", flush=True)
+        saved = os.path.join(work, f"torch_f32_{kind}_{args.batch}x{args.seq}.npz")
+        want = got.get("torch_f32")
+        if want is not None:
+            np.savez(saved, start=want[0], end=want[1])
+        elif os.path.isfile(saved):  # an earlier run's (another group of stacks)
+            with np.load(saved) as f:
+                want = (f["start"], f["end"])
+        if want is not None:
+            want_spans = best_spans(*want, mask)
+            for name, out in got.items():
+                err = max(float(np.abs((g - w) * mask).max()) for g, w in zip(out, want))
+                same = np.mean([a == b for a, b in zip(best_spans(*out, mask), want_spans)])
+                print(f"{kind:<6} {name:<13} vs torch_f32: max abs {err:.3g} (real positions), "
+                      f"same best span {same:.3f}", flush=True)
+        print(f"{kind}: timing, {load()}", flush=True)
         runs = {name: (fn, [rows]) for name, fn in fns.items()}
-        rates = throughput.interleaved_rates(runs, args.rounds, 0.0)
+        rates = throughput.interleaved_rates(runs, args.rounds, 0.0, warm_up=False)
         base = rates.get("torch_bf16")
         for name, rate in rates.items():
             ratio = f"  {rate / base:.2f}x torch_bf16" if base else ""
-            print(f"{kind:<6} {name:<11} {rate:8.2f} sequences/s  "
-                  f"{1000 * args.batch / rate:9.0f} ms/batch{ratio}", flush=True)
+            print(f"{kind:<6} {name:<13} {rate:8.2f} sequences/s  "
+                  f"{args.batch / rate:7.1f} s/batch{ratio}", flush=True)
+        print(f"{kind}: done, {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,14 +58,15 @@ def gemm_gflops(n: int = 2048, repeats: int = 10, trials: int = 3) -> float:
 PAUSE_S = 0.5
 
 
-def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S):
+def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S, warm_up=True):
     """{label: inferences/s} of `runs` ({label: (fn, batches)}), timed in turns:
     each round times one whole pass of every run, and a run's figure is its best
     pass, so load that comes and goes on a shared machine hits every run alike
     and the best passes are the quiet ones.  The order rotates every round and
     each pass starts after `pause_s` of rest, so no stack always follows the one
-    whose threads are still spinning.  One warm-up pass each first."""
-    for fn, batches in runs.values():
+    whose threads are still spinning.  One warm-up pass each first (warm_up=False:
+    the caller has already run each, e.g. for its correctness check)."""
+    for fn, batches in runs.values() if warm_up else ():
         for b in batches:
             fn(b)
     best = {label: 0.0 for label in runs}
@@ -131,7 +132,10 @@ def torch_runner(model):
 def positional(model, outputs):
     """An nn.Module calling the HF `model` with positional (input_ids, attention_mask,
     token_type_ids) and returning the named `outputs` of its result, in order: the
-    form torch.onnx.export and openvino.convert_model trace."""
+    form torch.onnx.export and openvino.convert_model trace.  The wrapper takes the
+    model's train/eval mode: torch.onnx.export restores the wrapper's mode after
+    tracing, and a new Module is in training mode, which turned the HF model's
+    dropout on for every later call."""
     import torch
 
     class Positional(torch.nn.Module):
@@ -144,20 +148,16 @@ def positional(model, outputs):
                                 token_type_ids=token_type_ids)
             return tuple(getattr(out, name) for name in outputs)
 
-    return Positional(model)
+    return Positional(model).train(model.training)
 
 
-def export_onnx(model, batch, path):
-    """The HF BertModel exported to ONNX (opset 17), batch and sequence dynamic;
-    outputs last_hidden_state [B, S, D] and pooler_output [B, D].  A copy is
-    exported: torch.onnx.export (dynamo=False, torch 2.13) leaves the model it
-    traces changed (MiniLM's MRPC accuracy read 72.73% after it, 74.03% before)."""
-    import copy
+def export_onnx(model, batch, path, outputs=("last_hidden_state", "pooler_output")):
+    """The HF model exported to ONNX (opset 17), batch and sequence dynamic; its
+    `outputs` in order (a BertModel's last_hidden_state [B, S, D] and pooler_output
+    [B, D] by default; BertForQuestionAnswering's start_logits, end_logits [B, S])."""
     import torch
-    model = copy.deepcopy(model)
     inputs = tuple(torch.from_numpy(batch[k]).long()
                    for k in ("input_ids", "input_mask", "segment_ids"))
-    outputs = ("last_hidden_state", "pooler_output")
     torch.onnx.export(positional(model, outputs), inputs, path,
                       input_names=["input_ids", "attention_mask", "token_type_ids"],
                       output_names=list(outputs),

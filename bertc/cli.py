@@ -195,6 +195,8 @@ flags.DEFINE_enum("protocol", "classify", ["classify", "rest", "grpc", "v2", "v2
                   "ModelInfer (token-id protocols need --vocab).")
 flags.DEFINE_string("grpc_target", f"127.0.0.1:{serving_defaults.GRPC_PORT}", "client: the "
                     "server's gRPC host:port (--protocol grpc, v2_grpc).")
+flags.DEFINE_string("squad_predictions", None, "client --squad: also write the answers "
+                    "there as {question id: answer} (what SQuAD's evaluate-v1.1.py reads).")
 flags.DEFINE_float("request_timeout_s", 60.0, "client: per-request timeout in seconds.")
 flags.register_validator("request_timeout_s", lambda seconds: seconds > 0,
                          "expected a positive number of seconds")
@@ -275,7 +277,7 @@ COMMANDS = {
         "[--clients N --cycle N] | --squad FILE.json)",
         (("server", ("url", "model_name", "request_timeout_s")),
          ("one request", ("pair",)),
-         ("question answering", ("squad",)),
+         ("question answering", ("squad", "squad_predictions")),
          ("load test", ("tsv", "clients", "cycle", "seed", "progress", "plot")),
          ("protocol", ("protocol", "grpc_target", "vocab")),
          ("output", ("json",))),
@@ -439,6 +441,8 @@ def cmd_client(args):
     if FLAGS.squad:
         _squad(args)
         return
+    if FLAGS.squad_predictions:
+        raise BertcError("--squad_predictions: only with --squad FILE.json")
     pairs = command.pairs_from_flags(FLAGS.tsv, FLAGS.pair, args)
     if FLAGS.pair is not None:
         _ask_one_pair(command, pairs[0])
@@ -461,7 +465,8 @@ def _squad(args):
         if FLAGS[name].present:
             raise BertcError(f"--{name}: not with --squad (which sends every question once)")
     summary = squad.run(FLAGS.url, squad.read_squad(FLAGS.squad), clients=FLAGS.clients,
-                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s)
+                        model_name=FLAGS.model_name, timeout_s=FLAGS.request_timeout_s,
+                        predictions_path=FLAGS.squad_predictions)
     print(json.dumps(summary, indent=2) if FLAGS.json else squad.format_text(summary))
     if not summary["ok"]:
         raise CheckFailed(f"client: none of {summary['questions']} questions was answered")

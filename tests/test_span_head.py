@@ -129,3 +129,48 @@ def test_best_window_span_is_the_brute_force_argmax():
         best = max(((i, j) for i in range(40) for j in range(i, min(i + 30, 40))
                     if mask[i] and mask[j]), key=lambda p: s[p[0]] + e[p[1]])
         assert qa.best_window_span(s, e, mask) == best
+
+
+def _span_saved_model_feeds_close(case, art):
+    out = bt.run_saved_model(os.path.join(art, f"seq_{SEQ}", "1"), case["feeds"], BATCH)
+    start, end = case["want"]
+    mask = case["feeds"]["input_mask"].astype(bool)
+    assert np.abs(out["start_logits"][mask] - start[mask]).max() < TOL
+    assert np.abs(out["end_logits"][mask] - end[mask]).max() < TOL
+
+
+def test_span_head_from_a_tf1_variables_saved_model(case):
+    """--saved_model on a run_squad-style TF1 SavedModel (variables with Google's names,
+    cls/squad/* among them, plus the pre-training heads under cls/ and global_step):
+    the head is read, span is the default, and the logits equal HF's."""
+    import shutil
+    import bertc
+    sm = str(case["root"] / "sm_variables")
+    bt.variables_saved_model(sm, case["cfg"], case["weights"],
+                             extras=bt.pretraining_extras(case["cfg"]))
+    os.makedirs(os.path.join(sm, "assets"))
+    bt.write_config(os.path.join(sm, "assets"), case["cfg"])
+    shutil.copyfile(os.path.join(case["ckpt"], "vocab.txt"),
+                    os.path.join(sm, "assets", "vocab.txt"))
+    art = str(case["root"] / "art_sm_variables")
+    result = bertc.build(bertc.BuildOptions(output=art, saved_model=sm, batch_size=BATCH,
+                                            seq_lens=(SEQ,), verify=False))
+    assert result.manifest["source"]["kind"] == "saved_model"
+    assert result.manifest["head"] == "span"
+    assert result.manifest["outputs"] == ["start_logits", "end_logits"]
+    _span_saved_model_feeds_close(case, art)
+
+
+def test_cli_span_head_from_a_constants_saved_model_under_a_scope(case):
+    """A frozen SavedModel whose weights are Const nodes module/bert/... and
+    module/cls/squad/...: `bertc build --saved_model --head squad` builds and verifies."""
+    sm = str(case["root"] / "sm_constants")
+    bt.constants_saved_model(sm, case["weights"], scope="module/")
+    art = str(case["root"] / "art_sm_constants")
+    proc = bt.run_cli("build", "--saved_model", sm, "--head", "squad",
+                      "--bert_config", os.path.join(case["ckpt"], "bert_config.json"),
+                      "--vocab", os.path.join(case["ckpt"], "vocab.txt"), "--batch_size", BATCH,
+                      "--seq_len", SEQ, "--verify_rows", 4, "--output", art)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: PASSED" in proc.stdout and "head span" in proc.stdout
+    _span_saved_model_feeds_close(case, art)

@@ -129,9 +129,20 @@ async def _ask(session, endpoint: str, q: Question) -> tuple:
         return None, latency, "HTTP 200: expected {'predictions': [{'answer': ...}]}"
 
 
-async def run_squad(url: str, questions: Sequence[Question], clients: int = 4,
-                    model_name: Optional[str] = None, timeout_s: float = 60.0) -> dict:
-    """Each question once, `clients` at a time; the summary with EM/F1 and latency."""
+@dataclasses.dataclass
+class Answers:
+    """What the server answered: {question id: answer text}, the latency (s) of each
+    answered question, the errors of the others, and the wall time of the whole run."""
+    model_name: str
+    predictions: Dict[str, str]
+    latencies: List[float]
+    errors: List[str]
+    wall_s: float
+
+
+async def ask_all(url: str, questions: Sequence[Question], clients: int = 4,
+                  model_name: Optional[str] = None, timeout_s: float = 60.0) -> Answers:
+    """Each question once, `clients` at a time."""
     if clients < 1:
         raise BertcError(f"--clients {clients}: expected a positive integer")
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -155,16 +166,43 @@ async def run_squad(url: str, questions: Sequence[Question], clients: int = 4,
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         wall = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
-    summary = {"url": url, "model_name": model_name, "clients": clients,
-               "questions": len(questions), "ok": len(predictions), "errors": len(errors),
-               "error_examples": list(dict.fromkeys(errors))[:3], "wall_s": wall,
-               "throughput_qps": len(predictions) / wall if wall > 0 else 0.0,
+    return Answers(model_name, predictions, latencies, errors, wall)
+
+
+def summarize(url: str, questions: Sequence[Question], answers: Answers,
+              clients: int) -> dict:
+    """The summary: EM/F1 of `answers` against the gold, throughput and latency."""
+    ms = np.asarray(answers.latencies) * 1000
+    wall, ok = answers.wall_s, len(answers.predictions)
+    summary = {"url": url, "model_name": answers.model_name, "clients": clients,
+               "questions": len(questions), "ok": ok, "errors": len(answers.errors),
+               "error_examples": list(dict.fromkeys(answers.errors))[:3], "wall_s": wall,
+               "throughput_qps": ok / wall if wall > 0 else 0.0,
                "latency_ms": ({f"p{p}": float(v) for p, v in
                                zip(PERCENTILES, np.percentile(ms, PERCENTILES))}
                               if len(ms) else None)}
-    summary.update(evaluate(questions, predictions))
+    summary.update(evaluate(questions, answers.predictions))
     return summary
+
+
+def write_predictions(path: str, answers: Answers) -> None:
+    """{question id: answer text}, the predictions file SQuAD v1.1's evaluate-v1.1.py reads."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(answers.predictions, f, ensure_ascii=False, indent=1)
+    except OSError as e:
+        raise BertcError(f"--squad_predictions {path}: cannot write ({e.strerror})") from None
+
+
+async def run_squad(url: str, questions: Sequence[Question], clients: int = 4,
+                    model_name: Optional[str] = None, timeout_s: float = 60.0,
+                    predictions_path: Optional[str] = None) -> dict:
+    """Each question once, `clients` at a time; the summary with EM/F1 and latency
+    (and, with predictions_path, the predictions written there)."""
+    answers = await ask_all(url, questions, clients, model_name, timeout_s)
+    if predictions_path:
+        write_predictions(predictions_path, answers)
+    return summarize(url, questions, answers, clients)
 
 
 def format_text(summary: dict) -> str:

@@ -3,7 +3,10 @@
 Like the Neuron demo's `--input_saved_model`: the weights are found by their
 Google names among the SavedModel's variables (TF1 name-based or TF2 object
 checkpoints) or its Const nodes, wherever they sit under a name scope
-(`module/bert/encoder/layer_0/...` is found as `bert/encoder/layer_0/...`).
+(`module/bert/encoder/layer_0/...` is found as `bert/encoder/layer_0/...`), and
+so are a classifier's `output_weights`/`output_bias` and run_squad's span head
+`cls/squad/output_weights`/`output_bias` (a run_squad model exported as a SavedModel);
+the pre-training heads under other `cls/` scopes are not read.
 A SavedModel carries no bert_config.json: it is taken from `--bert_config`, from
 the SavedModel directory or its assets/, or inferred from the tensor shapes with
 64-wide heads (logged as a warning).
@@ -22,7 +25,8 @@ from bertc.sources import weights as weights_lib
 from bertc.model.config import BertConfig
 from bertc.errors import BertcError
 
-_GOOGLE_NAME = re.compile(r"(?:^|/)((?:bert/(?:embeddings|encoder|pooler)/.*)|output_weights|output_bias)$")
+_GOOGLE_NAME = re.compile(r"(?:^|/)((?:bert/(?:embeddings|encoder|pooler)/.*)|"
+                          r"(?:cls/squad/)?output_weights|(?:cls/squad/)?output_bias)$")
 
 
 def google_name(name: str):
@@ -34,6 +38,7 @@ def google_name(name: str):
     m = _GOOGLE_NAME.search(name)
     if not m or "cls" in name[:m.start(1)].split("/"):
         return None  # cls/seq_relationship/output_bias is the NSP head, not a classifier
+    # (cls/squad/output_bias matches as a whole, at the "/cls" before it)
     return m.group(1)
 
 
@@ -41,7 +46,8 @@ _LAYER_WEIGHT = re.compile(r"^bert/encoder/layer_\d+/(.+)$")
 _TOP_WEIGHTS = frozenset({
     names.WORD_EMBEDDINGS, names.TOKEN_TYPE_EMBEDDINGS, names.POSITION_EMBEDDINGS,
     names.EMBEDDINGS_LN_GAMMA, names.EMBEDDINGS_LN_BETA, names.POOLER_KERNEL,
-    names.POOLER_BIAS, names.CLASSIFIER_WEIGHTS, names.CLASSIFIER_BIAS})
+    names.POOLER_BIAS, names.CLASSIFIER_WEIGHTS, names.CLASSIFIER_BIAS,
+    names.SPAN_WEIGHTS, names.SPAN_BIAS})
 
 
 def is_weight_name(name: str) -> bool:
