@@ -14,8 +14,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -467,6 +469,34 @@ def cli_env():
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI's own setting, as a user gets it
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+#: The line `bertc serve` logs once it listens: its URL is the first group.
+SERVING_URL = r"on (http://127\.0\.0\.1:\d+)"
+
+
+def wait_for_log(proc, timeout=120, **patterns):
+    """(found, lines): reads `proc`'s stderr until every regex of `patterns` has matched
+    a line; found[name] = the first group of its first match, lines = every line read
+    (a list a reader thread can go on extending).  If the process ends or `timeout`
+    seconds pass first, kills it and fails the test with what it logged."""
+    import pytest
+    found, lines = {}, []
+    deadline = time.monotonic() + timeout
+    while len(found) < len(patterns) and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        for name, pattern in patterns.items():
+            m = name not in found and re.search(pattern, line)
+            if m:
+                found[name] = m.group(1)
+    if len(found) < len(patterns):
+        proc.kill()
+        pytest.fail(f"no {', '.join(sorted(set(patterns) - set(found)))} in the log:\n"
+                    + "".join(lines))
+    return found, lines
 
 
 def error_lines(stderr):

@@ -357,17 +357,8 @@ def _serve(artifact):
                                            "--parallel", "1"),
                             env=bt.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    lines, deadline = [], time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    pytest.fail("".join(lines))
+    found, _ = bt.wait_for_log(proc, url=bt.SERVING_URL)
+    return proc, found["url"]
 
 
 def test_a_moved_artifact_verifies_serves_and_renders_its_tf_serving_config(tiny_ckpt,

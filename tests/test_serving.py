@@ -20,6 +20,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+import bertc_testing as bt
 from test_serving_support import BATCH, GatedModel, OfflineModel, tiny_artifact
 
 from bertc.serving import replica
@@ -613,17 +614,7 @@ def test_sigterm_drains_and_exits_zero(artifact):
          NAME, "--port", "0", "--max_batch_delay_ms", "10000"],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
-        lines = []
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "".join(lines)
+        url = bt.wait_for_log(proc, 60, url=bt.SERVING_URL)[0]["url"]
         results = []
         body = {"instances": [{"input_ids": _ids(6)}]}
         threads = [threading.Thread(target=lambda: results.append(request(

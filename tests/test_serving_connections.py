@@ -12,7 +12,6 @@
 
 import asyncio
 import os
-import re
 import select
 import signal
 import socket
@@ -25,6 +24,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+import bertc_testing as bt
 from test_serving import ATOL, NAME, bucket_of, predict_row
 from test_serving_support import OfflineModel, tiny_artifact
 
@@ -135,17 +135,8 @@ def _start_server(artifact):
         [sys.executable, "-m", "bertc.cli", "serve", "--model", artifact, "--model_name",
          NAME, "--port", "0", "--parallel", "1", "--max_batch_delay_ms", "2"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    lines = []
-    url = None
-    deadline = time.monotonic() + 90
-    while url is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-        url = m.group(1) if m else None
-    assert url, "".join(lines)
+    found, lines = bt.wait_for_log(proc, 90, url=bt.SERVING_URL)
+    url = found["url"]
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()  # keeps the pipe drained (the per-second traffic lines)
     return proc, url, lines, reader

@@ -12,7 +12,6 @@ import collections
 import http.client
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -40,21 +39,10 @@ class Served:
             bt.cli_command("serve", "--model", artifact, "--model_name", NAME, "--port", "0",
                            "--grpc_port", "0", *flags),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=bt.cli_env())
-        self.lines = []
-        self.url = self.grpc_target = None
-        deadline = time.monotonic() + 120
-        while (self.url is None or self.grpc_target is None) and time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if m := re.search(r"over gRPC on (127\.0\.0\.1:\d+)", line):
-                self.grpc_target = m.group(1)
-            if m := re.search(r" on (http://127\.0\.0\.1:\d+) ", line):
-                self.url = m.group(1)
-        if self.url is None or self.grpc_target is None:
-            self.kill()
-            pytest.fail("bertc serve did not start:\n" + "".join(self.lines))
+        found, self.lines = bt.wait_for_log(
+            self.proc, url=r" on (http://127\.0\.0\.1:\d+) ",
+            grpc_target=r"over gRPC on (127\.0\.0\.1:\d+)")
+        self.url, self.grpc_target = found["url"], found["grpc_target"]
         self._reader = threading.Thread(target=self._drain_log, daemon=True)
         self._reader.start()
 

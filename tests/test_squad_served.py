@@ -9,8 +9,6 @@ exactly 66.67 both.  Bounded: the server gets 120 s to start, the client 120 s."
 
 import json
 import os
-import queue
-import re
 import subprocess
 import threading
 
@@ -43,16 +41,10 @@ def served(artifact):
                                            "--port", "0", "--max_batch_delay_ms", "5"),
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=bt.cli_env(), cwd=bt.REPO_ROOT)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr],
-                     daemon=True).start()
-    seen, url = [], None
     try:
-        while url is None:
-            seen.append(lines.get(timeout=120))  # queue.Empty: not serving within 120 s
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)", seen[-1])
-            url = m.group(1) if m else None
-        yield url
+        found, lines = bt.wait_for_log(proc, url=bt.SERVING_URL)
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+        yield found["url"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
