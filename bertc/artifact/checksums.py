@@ -13,26 +13,18 @@ not checked. An artifact built before checksums existed has no "checksums" and i
 refused with a line saying to rebuild it or pass `skip_checksums`.
 """
 
-import hashlib
 import logging
 import os
 from typing import Dict
 
 from bertc.artifact import manifest
 from bertc.errors import BertcError
+from bertc.sources.google_checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
 KEY = "checksums"
 ALGORITHM = "sha256"
-
-
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record(artifact_dir: str) -> dict:
