@@ -99,6 +99,10 @@ flags.DEFINE_float("max_cosine_loss", None, "--dtype int8: the int8 model's min 
                    "fp32 must be >= 1 - this (default 0.01).")
 flags.DEFINE_float("max_accuracy_drop", None, "--dtype int8: argmax agreement with fp32 "
                    "must be >= 100 - this, in percent (classifier heads; default 1.0).")
+flags.DEFINE_enum("int8_rest_dtype", None, ["float32", "bfloat16"], "--dtype int8: the "
+                  "precision of what stays float (LayerNorm, Softmax, GELU, layers kept out "
+                  "of int8), checked by the bound and verify, recorded and served. Default: "
+                  "float32; bfloat16 is faster on AMX-BF16 CPUs.")
 flags.DEFINE_bool("aggressive_optimizations", False, "Crude GELU and half-precision "
                   "LayerNorm too, as the Neuron demo.")
 flags.DEFINE_bool("strict", False, "A requested pass that matches nothing is an error.")
@@ -234,7 +238,7 @@ COMMANDS = {
                        "aggressive_optimizations", "strict", "allow_internal_ops")),
          ("target", ("target", "compiler_args", "dry_run")),
          ("int8", ("calibration_data", "calibration_rows", "max_cosine_loss",
-                   "max_accuracy_drop")),
+                   "max_accuracy_drop", "int8_rest_dtype")),
          ("verify", ("verify", "verify_data", "verify_rows"))),
         ("bertc build --ckpt uncased_L-12_H-768_A-12 --crude_gelu --output artifacts/base",
          "bertc build --target neuron --dry_run --output artifacts/minilm_neuron",
@@ -338,7 +342,7 @@ def cmd_build(args):
         verify_data=FLAGS.verify_data, verify_rows=FLAGS.verify_rows,
         do_lower_case=_lower_case(), calibration_data=FLAGS.calibration_data,
         calibration_rows=FLAGS.calibration_rows, max_cosine_loss=FLAGS.max_cosine_loss,
-        max_accuracy_drop=FLAGS.max_accuracy_drop)
+        max_accuracy_drop=FLAGS.max_accuracy_drop, int8_rest_dtype=FLAGS.int8_rest_dtype)
     try:
         result = builder.build(options)
     except builder.VerifyFailed as e:

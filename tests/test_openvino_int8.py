@@ -3,7 +3,12 @@
 - MiniLM int8 meets the default bound (min cosine >= 0.99 vs fp32) on the held-out
   MRPC pairs, checked against Hugging Face's fp32 BertModel, with the IR run in a
   fresh process that imports only openvino and numpy; the manifest lists the
-  search's steps and the ops kept in f32.
+  search's steps and the ops kept in f32; the IR runs at the inference precision
+  the manifest records (f32 for the float rest by default).
+- An int8 build with `int8_rest_dtype` bfloat16 records bf16 wherever serve and
+  verify read it, and the search compiled its candidates at bf16 (its step-0 metric
+  is not the f32-rest build's); a rest dtype other than float32/bfloat16, or one
+  without int8, is one error line naming the option.
 - Calibration and verify splits are disjoint, and their checksums are those of
   the MRPC rows they name.
 - A bound no int8 model meets (cosine >= 0.99999) is one error line and no artifact;
@@ -55,9 +60,9 @@ def _mrpc():
 
 IR_SCRIPT = """
 import sys, numpy as np, openvino as ov
-xml, feeds, out, output = sys.argv[1:]
+xml, feeds, out, output, precision = sys.argv[1:]
 data = np.load(feeds)
-compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": precision})
 rows = [compiled({k: data[k][i:i + 4] for k in data.files})[output]
         for i in range(0, len(data["input_ids"]), 4)]
 np.save(out, np.concatenate(rows))
@@ -66,11 +71,12 @@ assert not bad, bad
 """
 
 
-def _run_ir_alone(xml, feeds, output, tmp_path):
-    """`output` of the IR on `feeds`, run by a process that imports only openvino."""
+def _run_ir_alone(xml, feeds, output, tmp_path, precision):
+    """`output` of the IR on `feeds` compiled at `precision`, run by a process that
+    imports only openvino."""
     np.savez(tmp_path / "feeds.npz", **feeds)
     subprocess.run([sys.executable, "-c", IR_SCRIPT, xml, str(tmp_path / "feeds.npz"),
-                    str(tmp_path / "out.npy"), output], check=True, timeout=300)
+                    str(tmp_path / "out.npy"), output, precision], check=True, timeout=300)
     return np.load(tmp_path / "out.npy")
 
 
@@ -83,15 +89,23 @@ def test_int8_meets_its_bound_against_hugging_face_in_a_fresh_process(
     tokenizer = WordPieceTokenizer.from_vocab_file(
         os.path.join(int8_artifact, "vocab.txt"), do_lower_case=True)
     feeds = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held], seq_len=SEQ)
+    from bertc.builder.targets import openvino as target
+    doc = _manifest(int8_artifact)
+    rest = "float32"
+    precision = doc["target"]["openvino"]["inference_precision"]
+    assert doc["target"]["openvino"]["int8_rest_dtype"] == rest
+    assert precision == target.precision(rest)
+    assert doc["target"]["compile"][0]["int8"]["rest_precision"] == precision
+    assert doc["target"]["openvino"]["compile_properties"]["INFERENCE_PRECISION_HINT"] == \
+        precision
     xml = os.path.join(int8_artifact, "openvino", f"seq_{SEQ}", "model.xml")
-    got = _run_ir_alone(xml, feeds, "embedding", tmp_path)
+    got = _run_ir_alone(xml, feeds, "embedding", tmp_path, precision)
     model = transformers.BertModel.from_pretrained(minilm_hf_dir).eval()
     hidden, _ = bt.hf_forward(model, feeds)
     want = bt.mean_pool_normalize(hidden, feeds["input_mask"])
     cosine = np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosine.min() >= 0.99, cosine.min()
     assert cosine.min() < 0.99999  # it is int8, not a float model called int8
-    doc = _manifest(int8_artifact)
     record = doc["target"]["compile"][0]["int8"]
     assert record["quantizers"] > 0 and record["metric"] >= 0.99
     assert record["steps"][0]["call"].startswith("nncf.quantize")
@@ -185,7 +199,7 @@ def test_a_classifier_keeps_argmax_against_hugging_face_and_verify_scores_the_ta
                                                    do_lower_case=True)
     feeds = tokenizer.encode_batch([(p.text_a, p.text_b) for p in held], seq_len=SEQ)
     got = _run_ir_alone(os.path.join(out, "openvino", f"seq_{SEQ}", "model.xml"), feeds,
-                        "logits", tmp_path)
+                        "logits", tmp_path, doc["target"]["openvino"]["inference_precision"])
     _, pooled = bt.hf_forward(bt.hf_model(cfg, weights), feeds)
     want = bt.classifier_logits(pooled, weights)
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.99
@@ -217,3 +231,37 @@ def test_every_matmul_of_an_ir_is_named_by_its_checkpoint_variable(tmp_path):
     assert {"bert/pooler/dense/kernel", "output_weights"} <= set(named)
     assert len(named) == len(set(named))  # one op per variable
     assert "an unnamed constant" not in named
+
+
+def test_a_bf16_rest_is_recorded_verified_and_searched_at_bf16(int8_artifact, minilm_ckpt,
+                                                               tmp_path):
+    import bertc
+    from bertc.runtime import machine
+    if not machine.isa_flags().get("amx_bf16"):
+        pytest.skip("bf16 inference precision needs a CPU with AMX-BF16 to differ from f32")
+    out = str(tmp_path / "bf16_rest")
+    bertc.build(bertc.BuildOptions(output=out, ckpt=minilm_ckpt, batch_size=BATCH,
+                                   seq_lens=(SEQ,), target="openvino", dtype="int8",
+                                   calibration_rows=CALIBRATION, verify_rows=HELD_OUT,
+                                   int8_rest_dtype="bfloat16"))
+    doc = _manifest(out)
+    record = doc["target"]["openvino"]
+    assert record["int8_rest_dtype"] == "bfloat16" and record["inference_precision"] == "bf16"
+    assert record["compile_properties"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert doc["target"]["compile"][0]["int8"]["rest_precision"] == "bf16"
+    assert doc["verify"]["per_seq_len"][str(SEQ)]["passed"]
+    f32 = _manifest(int8_artifact)["target"]["compile"][0]["int8"]["steps"][0]["metric"]
+    assert doc["target"]["compile"][0]["int8"]["steps"][0]["metric"] != f32
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--dtype", "int8", "--int8_rest_dtype", "float16"), "--int8_rest_dtype"),
+    (("--dtype", "bfloat16", "--int8_rest_dtype", "float32"), "only with --dtype int8"),
+])
+def test_a_bad_int8_rest_dtype_is_one_line(args, needle, minilm_ckpt, tmp_path):
+    out = tmp_path / "bad"
+    result = bt.run_cli("build", "--ckpt", minilm_ckpt, "--output", out, "--target",
+                        "openvino", *args, "--noverify", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert needle in result.stderr, result.stderr[-2000:]
+    assert not out.exists()

@@ -81,6 +81,7 @@ class BuildOptions:
     calibration_rows: Optional[int] = None
     max_cosine_loss: Optional[float] = None
     max_accuracy_drop: Optional[float] = None
+    int8_rest_dtype: Optional[str] = None  # None: float32 (bfloat16: faster on AMX, opt-in)
 
 
 @dataclasses.dataclass
@@ -114,10 +115,13 @@ def check_options(options: BuildOptions) -> None:
                              f"{options.target}")
         from bertc.builder.targets import openvino_int8
         openvino_int8.check_options(options.max_cosine_loss, options.max_accuracy_drop)
+        from bertc.runtime import openvino_settings
+        openvino_settings.inference_precision("int8", options.int8_rest_dtype)
     elif any(v is not None for v in (options.calibration_data, options.calibration_rows,
-                                     options.max_cosine_loss, options.max_accuracy_drop)):
+                                     options.max_cosine_loss, options.max_accuracy_drop,
+                                     options.int8_rest_dtype)):
         raise BertcError("`calibration_data` / `calibration_rows` / `max_cosine_loss` / "
-                         "`max_accuracy_drop`: only with `dtype` int8")
+                         "`max_accuracy_drop` / `int8_rest_dtype`: only with `dtype` int8")
     head = modeling.canonical_head(options.head)
     if head is not None and head not in modeling.HEAD_OUTPUTS:
         raise BertcError(f"`head` {options.head}: expected one of "
@@ -233,9 +237,10 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
     exact = rewriting.is_exact(passes) and (options.target != "openvino"
                                             or options.dtype == "float32")
     thresholds = rewriting.thresholds(passes, verify_lib.EXACT)
-    int8 = None
+    int8, inference = None, None
     if options.target == "openvino":
         from bertc.builder.targets import openvino as openvino_target
+        inference = openvino_target.inference_precision(options.dtype, options.int8_rest_dtype)
         # OpenVINO's half inference precision is verified as mixed_precision is
         thresholds = rewriting.thresholds(
             list(passes) + (["mixed_precision"] if options.dtype != "float32" else []),
@@ -277,11 +282,11 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                 compile_calls.append(call)
                 entry["neuron_path"] = call["new_model_dir_relative"]
             if options.target == "openvino":
-                call = openvino_target.compile_bucket(tmp, relative, seq_len, options.dtype)
+                call = openvino_target.compile_bucket(tmp, relative, seq_len, inference)
                 if int8:
                     with log.stage("quantize"):
                         call["int8"] = _int8_quantize(tmp, call, int8, options.batch_size,
-                                                      seq_len)
+                                                      seq_len, inference)
                 compile_calls.append(call)
                 entry["openvino_path"] = call["ir"]
             models.append(entry)
@@ -295,7 +300,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                         options.verify_data, ckpt.vocab_file, lower, seq_len,
                         options.verify_rows)
                 verify_reports[str(seq_len)] = verify_lib.verify_runners(
-                    verify_runs.artifact_runs(tmp, entry, options.dtype),
+                    verify_runs.artifact_runs(tmp, entry, inference),
                     # read from disk again, alive only while it runs
                     lambda: runners.graph_def_runner(reference.reference_graph(
                         source_of(options), head, options.batch_size, seq_len)),
@@ -311,7 +316,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         hints=ckpt.hints)
     if options.target == "openvino":
         doc["target"]["openvino"] = openvino_target.target_record(
-            options.dtype, dtype_source)
+            options.dtype, dtype_source, inference, options.int8_rest_dtype)
         if int8:
             doc["target"]["openvino"]["int8"] = {
                 "nncf": int8["nncf_version"], "bound": int8["bound"].__dict__,
@@ -353,11 +358,13 @@ def _int8_plan(options: BuildOptions, head: str, vocab_file: str, lower: bool,
                 tokenizer, pairs, seq_len)}
 
 
-def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: int) -> dict:
+def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: int,
+                   rest_precision: str) -> dict:
     from bertc.builder.targets import openvino_int8
     return openvino_int8.quantize_bucket(tmp, call, int8["tokenize"](int8["calibration"],
                                                                      seq_len),
-                                         batch_size, int8["bound"], int8["fingerprints"])
+                                         batch_size, int8["bound"], int8["fingerprints"],
+                                         rest_precision)
 
 
 class VerifyFailed(CheckFailed):

@@ -3,7 +3,8 @@ set of compile properties that verify, `bertc serve` and the benchmarks all use.
 
 NUM_STREAMS infer requests run at once on INFERENCE_NUM_THREADS threads in all;
 INFERENCE_PRECISION_HINT is the precision (--dtype float32 -> f32, bfloat16 -> bf16,
-float16 -> f16); f32 compiles in ACCURACY mode, so no plugin-chosen lower
+float16 -> f16; int8: the precision of what the quantized IR leaves float, its
+`int8_rest_dtype`); f32 compiles in ACCURACY mode, so no plugin-chosen lower
 precision runs anywhere.
 """
 
@@ -15,8 +16,11 @@ from bertc.errors import BertcError
 #: The pinned release (requirements/runtime.txt).
 PIN = "openvino==2026.4.1"
 INSTALL_HINT = f"pip install {PIN}"
-#: --dtype -> OpenVINO's inference precision (int8: the quantized IR's other ops in f32).
+#: --dtype -> OpenVINO's inference precision (int8: the quantized IR's other ops in f32,
+#: unless the build's `int8_rest_dtype` says otherwise: inference_precision).
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
+#: What the float rest of an int8 IR may run in (`int8_rest_dtype`).
+INT8_REST_DTYPES = ("float32", "bfloat16")
 
 
 def precision(dtype: str) -> str:
@@ -24,6 +28,27 @@ def precision(dtype: str) -> str:
     if dtype not in PRECISIONS:
         raise BertcError(f"`dtype` {dtype}: expected one of {', '.join(PRECISIONS)}")
     return PRECISIONS[dtype]
+
+
+def inference_precision(dtype: str, int8_rest_dtype: Optional[str] = None) -> str:
+    """The INFERENCE_PRECISION_HINT an artifact of `dtype` compiles with: precision(dtype),
+    and for int8 that of `int8_rest_dtype` (float32 when None), the precision of the
+    ops NNCF left float (LayerNorm, Softmax, GELU, the layers kept out of int8)."""
+    if dtype != "int8":
+        return precision(dtype)
+    rest = int8_rest_dtype or "float32"
+    if rest not in INT8_REST_DTYPES:
+        raise BertcError(f"`int8_rest_dtype` {rest}: expected one of "
+                         f"{', '.join(INT8_REST_DTYPES)}")
+    return precision(rest)
+
+
+def artifact_precision(doc: dict) -> str:
+    """The inference precision an OpenVINO artifact's manifest records (the one verify
+    proved and serve compiles with); precision(--dtype) for manifests without it."""
+    record = ((doc.get("target") or {}).get("openvino") or {})
+    return record.get("inference_precision") or precision(
+        (doc.get("options") or {}).get("dtype") or "float32")
 
 
 def load():

@@ -16,6 +16,7 @@ from bertc.artifact import checksums as artifact_checksums
 from bertc.artifact import manifest
 from bertc.errors import BertcError
 from bertc.model import freeze, modeling
+from bertc.runtime import openvino_settings
 from bertc.runtime import runner as runners
 from bertc.sources import google_checkpoint as checkpoint
 from bertc.sources import load
@@ -81,7 +82,8 @@ def verify_artifact(artifact: str, data: str = None, rows: int = None, threshold
         else:
             features, source = features_lib.text_features(
                 data, vocab, doc["tokenizer"]["do_lower_case"], seq_len, rows)
-        runs = verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32",
+        runs = verify_runs.artifact_runs(artifact, entry,
+                                         openvino_settings.artifact_precision(doc),
                                          intra_op_threads, inter_op_threads)
         reports[str(seq_len)] = verify_lib.verify_runners(
             runs, lambda: runners.graph_def_runner(reference), doc["batch_size"], seq_len,
@@ -130,7 +132,7 @@ def compiled_step(artifact: str, entry: dict, doc: dict):
     targets whose SavedModel is what runs."""
     if not entry.get("openvino_path"):
         return None
-    runs = verify_runs.artifact_runs(artifact, entry, doc["options"].get("dtype") or "float32")
+    runs = verify_runs.artifact_runs(artifact, entry, openvino_settings.artifact_precision(doc))
     factory, _ = runs["openvino"]
     # int8: the fp32 compile is exact (verified at build), so this row is the
     # quantization step's own error

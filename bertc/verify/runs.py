@@ -13,18 +13,19 @@ from bertc.runtime import openvino_settings
 from bertc.runtime import runner as runners
 
 
-def artifact_runs(artifact_dir: str, entry: dict, dtype: str,
+def artifact_runs(artifact_dir: str, entry: dict, inference_precision: str,
                   intra_op_threads: Optional[int] = None,
                   inter_op_threads: Optional[int] = None) -> dict:
     """{run name: (runner factory, description)} for the manifest `entry` of a bucket.
 
-    The threads: TensorFlow's Session settings of the served run; on OpenVINO,
+    inference_precision: OpenVINO's precision of the IR's compile (the manifest's,
+    openvino_settings.artifact_precision).  The threads: TensorFlow's Session settings of the served run; on OpenVINO,
     inter_op_threads streams of intra_op_threads threads each (NUM_STREAMS,
     INFERENCE_NUM_THREADS = their product); None: serve's defaults."""
     runs = {}
     if entry.get("openvino_path"):
         from bertc.runtime import openvino_runner
-        precision = openvino_settings.precision(dtype)
+        precision = inference_precision
         properties = None
         if intra_op_threads or inter_op_threads:
             properties = openvino_settings.served_properties(precision, inter_op_threads,

@@ -23,8 +23,9 @@ from typing import Dict, Optional
 
 from bertc.errors import BertcError
 from bertc.runtime.openvino_settings import (INSTALL_HINT, PIN, PRECISIONS, compile_properties,  # noqa: F401
-                                             load, precision, served_properties,
-                                             version)
+                                             artifact_precision, inference_precision, load,
+                                             precision,
+                                             served_properties, version)
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +95,10 @@ def convert(saved_model_dir: str):
 
 
 def compile_bucket(artifact_dir: str, saved_model_relative: str, seq_len: int,
-                   dtype: str) -> dict:
+                   inference: str) -> dict:
     """Converts one bucket's SavedModel and writes its IR; returns the manifest record
-    (paths relative to the artifact, input/output names and shapes, the precision)."""
+    (paths relative to the artifact, input/output names and shapes, the `inference`
+    precision: inference_precision)."""
     ov = load()
     model = convert(os.path.join(artifact_dir, saved_model_relative))
     relative = ir_path(seq_len)
@@ -109,23 +111,25 @@ def compile_bucket(artifact_dir: str, saved_model_relative: str, seq_len: int,
               "model_dir": saved_model_relative, "ir": relative,
               "bin": relative[:-len(".xml")] + ".bin", "relative_to": "the artifact",
               "inputs": ports(model.inputs), "outputs": ports(model.outputs),
-              "inference_precision": precision(dtype),
+              "inference_precision": inference,
               "call": f"openvino.save_model(openvino.convert_model({saved_model_relative!r}), "
                       f"{relative!r}, compress_to_fp16=False)",
               "summary": f"openvino.convert_model({saved_model_relative!r}) -> {relative} "
-                         f"(inference precision {precision(dtype)})"}
+                         f"(inference precision {inference})"}
     logger.info("openvino: wrote %s (%s)", relative, ", ".join(
         f"{n} {s}" for n, s in record["outputs"].items()))
     return record
 
 
-def target_record(dtype: str, dtype_source: str) -> dict:
+def target_record(dtype: str, dtype_source: str, inference: str,
+                  int8_rest_dtype: Optional[str] = None) -> dict:
     """What the manifest's target records once per build: the OpenVINO version, the
-    precision (and why), the properties serve and verify compile with by default,
-    and the CPU the build saw."""
+    precision (and why; for int8, the dtype of its float rest), the properties serve
+    and verify compile with by default, and the CPU the build saw."""
     from bertc.runtime import machine
-    inference = precision(dtype)
-    return {"version": version(), "dtype": dtype, "dtype_source": dtype_source,
-            "inference_precision": inference,
+    record = {"version": version(), "dtype": dtype, "dtype_source": dtype_source}
+    if dtype == "int8":
+        record["int8_rest_dtype"] = int8_rest_dtype or "float32"
+    return {**record, "inference_precision": inference,
             "compile_properties": served_properties(inference),
             "cpu": machine.describe()}

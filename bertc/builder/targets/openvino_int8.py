@@ -27,8 +27,13 @@ holds (`bert/encoder/layer_0/output/dense/kernel`), found by the bytes of the
 weight (weight_fingerprints), or as an attention matmul when both inputs are
 activations.
 
-The int8 IR keeps the fp32 IR's ports; it is compiled with inference precision
-f32 (`PRECISIONS['int8']`), so what is not int8 runs in f32.
+The int8 IR keeps the fp32 IR's ports.  What NNCF leaves float (LayerNorm,
+Softmax, GELU, the layers kept in f32 above) runs in the build's `int8_rest_dtype`:
+the inference precision the IR is compiled with, in the search, in verify and in
+serve alike (f32 by default; bf16 on request, faster on AMX but not always within
+the bound: BUILD_NOTES.md).  The references stay the fp32 IR at f32.
+("Kept in f32" in the log and the manifest's `kept_in_f32` means kept out of int8:
+those ops run at the rest's precision too, bf16 when it is bf16.)
 """
 
 import dataclasses
@@ -248,10 +253,12 @@ def search(model, batches: List[dict], references: List[np.ndarray], bound: Boun
 
 def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str, np.ndarray],
                     batch_size: int, bound: Bound,
-                    fingerprints: Optional[Dict[str, str]] = None) -> dict:
+                    fingerprints: Optional[Dict[str, str]] = None,
+                    rest_precision: str = "f32") -> dict:
     """Quantizes one bucket's IR in place (model.xml/.bin) on the calibration
     `features` (int32 [N, S]); returns the manifest record of the search.
-    `fingerprints` (weight_fingerprints of the checkpoint) name the layers."""
+    `fingerprints` (weight_fingerprints of the checkpoint) name the layers; the
+    int8 candidates compile at `rest_precision` (OpenVINO's name), as served."""
     from bertc.runtime import openvino_runner
     ov = openvino_settings.load()
     xml = os.path.join(artifact_dir, compile_record["ir"])
@@ -259,10 +266,10 @@ def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str,
     rows = len(features["input_ids"])
     # the last batch filled with all-zero dummy rows, as the server pads; not counted (rows)
     batches = [b.feeds for b in verify_lib.pad_rows(features, batch_size)]
-    properties = openvino_settings.served_properties("f32")
+    properties = openvino_settings.served_properties(rest_precision)
     core = ov.Core()
     model = core.read_model(xml)
-    fp32 = openvino_runner.compile_ir(xml, properties)
+    fp32 = openvino_runner.compile_ir(xml, openvino_settings.served_properties("f32"))
     request = fp32.create_infer_request()
     references = [np.array(request.infer(b)[fp32.output(bound.output)]) for b in batches]
     del request, fp32
@@ -276,8 +283,10 @@ def quantize_bucket(artifact_dir: str, compile_record: dict, features: Dict[str,
     for suffix in (".xml", ".bin"):
         os.replace(staged[:-len(".xml")] + suffix, xml[:-len(".xml")] + suffix)
     record["calibration_rows"] = rows
-    logger.info("openvino int8: %s, %d quantizers, kept in f32: %s; %s %.6f on %d "
-                "calibration pairs", compile_record["ir"], record["quantizers"],
+    record["rest_precision"] = rest_precision
+    logger.info("openvino int8: %s, %d quantizers, the rest in %s, kept in f32: %s; %s "
+                "%.6f on %d calibration pairs", compile_record["ir"], record["quantizers"],
+                rest_precision,
                 ", ".join(record["kept_in_f32_layers"]) or "none", bound.metric,
                 record["metric"], rows)
     return record
