@@ -19,8 +19,9 @@ INSTALL_HINT = f"pip install {PIN}"
 #: --dtype -> OpenVINO's inference precision (int8: the quantized IR's other ops in f32,
 #: unless the build's `int8_rest_dtype` says otherwise: inference_precision).
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
-#: What the float rest of an int8 IR may run in (`int8_rest_dtype`).
+#: What the float rest of an int8 IR may run in (`int8_rest_dtype`); the first is the default.
 INT8_REST_DTYPES = ("float32", "bfloat16")
+DEFAULT_INT8_REST_DTYPE = INT8_REST_DTYPES[0]
 
 
 def precision(dtype: str) -> str:
@@ -36,7 +37,7 @@ def inference_precision(dtype: str, int8_rest_dtype: Optional[str] = None) -> st
     ops NNCF left float (LayerNorm, Softmax, GELU, the layers kept out of int8)."""
     if dtype != "int8":
         return precision(dtype)
-    rest = int8_rest_dtype or "float32"
+    rest = int8_rest_dtype or DEFAULT_INT8_REST_DTYPE
     if rest not in INT8_REST_DTYPES:
         raise BertcError(f"`int8_rest_dtype` {rest}: expected one of "
                          f"{', '.join(INT8_REST_DTYPES)}")

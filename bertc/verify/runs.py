@@ -19,19 +19,20 @@ def artifact_runs(artifact_dir: str, entry: dict, inference_precision: str,
     """{run name: (runner factory, description)} for the manifest `entry` of a bucket.
 
     inference_precision: OpenVINO's precision of the IR's compile (the manifest's,
-    openvino_settings.artifact_precision).  The threads: TensorFlow's Session settings of the served run; on OpenVINO,
-    inter_op_threads streams of intra_op_threads threads each (NUM_STREAMS,
+    openvino_settings.artifact_precision).  The threads: TensorFlow's Session
+    settings of the served run; on OpenVINO, inter_op_threads streams of intra_op_threads threads each (NUM_STREAMS,
     INFERENCE_NUM_THREADS = their product); None: serve's defaults."""
     runs = {}
     if entry.get("openvino_path"):
         from bertc.runtime import openvino_runner
-        precision = inference_precision
         properties = None
         if intra_op_threads or inter_op_threads:
-            properties = openvino_settings.served_properties(precision, inter_op_threads,
+            properties = openvino_settings.served_properties(inference_precision,
+                                                             inter_op_threads,
                                                              intra_op_threads)
         runs.update(openvino_runner.openvino_runs(
-            os.path.join(artifact_dir, entry["openvino_path"]), precision, properties))
+            os.path.join(artifact_dir, entry["openvino_path"]), inference_precision,
+            properties))
     runs.update(runners.saved_model_runs(os.path.join(artifact_dir, entry["path"]),
                                          intra_op_threads, inter_op_threads))
     return runs

@@ -22,10 +22,10 @@ import os
 from typing import Dict, Optional
 
 from bertc.errors import BertcError
-from bertc.runtime.openvino_settings import (INSTALL_HINT, PIN, PRECISIONS, compile_properties,  # noqa: F401
-                                             artifact_precision, inference_precision, load,
-                                             precision,
-                                             served_properties, version)
+from bertc.runtime.openvino_settings import (DEFAULT_INT8_REST_DTYPE, INSTALL_HINT, PIN,  # noqa: F401
+                                             PRECISIONS, artifact_precision,
+                                             compile_properties, inference_precision, load,
+                                             precision, served_properties, version)
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def target_record(dtype: str, dtype_source: str, inference: str,
     from bertc.runtime import machine
     record = {"version": version(), "dtype": dtype, "dtype_source": dtype_source}
     if dtype == "int8":
-        record["int8_rest_dtype"] = int8_rest_dtype or "float32"
+        record["int8_rest_dtype"] = int8_rest_dtype or DEFAULT_INT8_REST_DTYPE
     return {**record, "inference_precision": inference,
             "compile_properties": served_properties(inference),
             "cpu": machine.describe()}
