@@ -10,7 +10,7 @@ by `bertc build --head span` at [batch, seq] in float32 and bfloat16 and with
 `--target openvino`; each build runs in a child process, and its wall time and peak
 RSS (GNU time's) are printed beside the weights' size (targets: under 90 s and under
 three times the weights).  Then, in this process, timed in turns
-(throughput.interleaved_rates: best pass of each):
+(throughput.interleaved_rates: best pass of each, every pass printed):
   bertc_f32 / bertc_bf16   the artifact's SavedModel, run as `bertc serve` runs it
                            (runner.RunConfig served, the thread flags given here)
   bertc_ov_f32 / _bf16     the --target openvino IR, compiled as serve compiles it
@@ -342,12 +342,16 @@ def main():
                       f"same best span {same:.3f}", flush=True)
         print(f"{kind}: timing, {load()}", flush=True)
         runs = {name: (fn, [rows]) for name, fn in fns.items()}
-        rates = throughput.interleaved_rates(runs, args.rounds, 0.0, warm_up=False)
+        passes = {}
+        rates = throughput.interleaved_rates(runs, args.rounds, 0.0, warm_up=False,
+                                             passes=passes)
         base = rates.get("torch_bf16")
         for name, rate in rates.items():
             ratio = f"  {rate / base:.2f}x torch_bf16" if base else ""
+            spread = " ".join(f"{args.batch / r:.1f}" for r in passes[name])
             print(f"{kind:<6} {name:<13} {rate:8.2f} sequences/s  "
-                  f"{args.batch / rate:7.1f} s/batch{ratio}", flush=True)
+                  f"{args.batch / rate:7.1f} s/batch (best; passes {spread} s){ratio}",
+                  flush=True)
         print(f"{kind}: done, {load()}", flush=True)
 
 

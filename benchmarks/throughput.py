@@ -58,14 +58,15 @@ def gemm_gflops(n: int = 2048, repeats: int = 10, trials: int = 3) -> float:
 PAUSE_S = 0.5
 
 
-def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S, warm_up=True):
+def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S, warm_up=True, passes=None):
     """{label: inferences/s} of `runs` ({label: (fn, batches)}), timed in turns:
     each round times one whole pass of every run, and a run's figure is its best
     pass, so load that comes and goes on a shared machine hits every run alike
     and the best passes are the quiet ones.  The order rotates every round and
     each pass starts after `pause_s` of rest, so no stack always follows the one
     whose threads are still spinning.  One warm-up pass each first (warm_up=False:
-    the caller has already run each, e.g. for its correctness check)."""
+    the caller has already run each, e.g. for its correctness check).  `passes`, a
+    dict, gets {label: [every pass's rate]} to show the spread."""
     for fn, batches in runs.values() if warm_up else ():
         for b in batches:
             fn(b)
@@ -82,7 +83,10 @@ def interleaved_rates(runs, rounds, min_seconds, pause_s=PAUSE_S, warm_up=True):
             t = time.perf_counter()
             for b in batches:
                 fn(b)
-            best[label] = max(best[label], rows / (time.perf_counter() - t))
+            rate = rows / (time.perf_counter() - t)
+            best[label] = max(best[label], rate)
+            if passes is not None:
+                passes.setdefault(label, []).append(rate)
         done += 1
     return best
 

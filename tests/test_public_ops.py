@@ -4,6 +4,9 @@
   Session (Grappler's oneDNN remapper) fuses public_layernorm's form back into
   _MklLayerNorm with eps 1e-12 kept; the artifact runs without oneDNN, and
   OpenVINO converts it (outputs within 1e-4 of TensorFlow's).
+- The Grappler optimizers the served Session turns off to save memory
+  (runner.OFF_FOR_MEMORY) change nothing: the same ops run after Grappler and the
+  outputs are bitwise those of Grappler's full default.
 - verify's served run catches a graph that Grappler changes (Google's contrib
   LayerNorm form with constant gamma/beta, whose fusion drops eps), where the
   as-written run cannot.
@@ -80,6 +83,27 @@ def test_served_session_fuses_layernorm_back_with_eps_kept(minilm_artifact):
     assert len(fused) == 2 * LAYERS + 1, sorted(ops)
     assert all(attrs["epsilon"].f == pytest.approx(1e-12, rel=1e-6) for attrs in fused)
     assert not [op for op in ops if "BatchNorm" in op], "a LayerNorm was left unfused"
+
+
+def test_grappler_optimizers_turned_off_for_memory_change_nothing(minilm_artifact):
+    export_dir = _export_dir(minilm_artifact)
+    graph_def, constants, signature = saved_model_reader.read_detached(export_dir)
+    full = runners.RunConfig(runners.SERVED, 1).session_config()
+    full.graph_options.rewrite_options.Clear()  # Grappler's own defaults, all on
+    assert runners.RunConfig(runners.SERVED, 1).session_config() != full
+    feeds = _feeds(seed=3)
+    outputs, ops = [], []
+    for config in (runners.RunConfig(runners.SERVED, 1),
+                   runners.RunConfig(runners.SERVED, 1, proto=full)):
+        with runners.saved_model_runner(export_dir, config) as run:
+            outputs.append(run(feeds))
+        ops.append(sorted(n.op for n in bt.served_partition_nodes(
+            rewrites.attach_constants(graph_def, constants),
+            [o.name for o in signature.outputs.values()],
+            {signature.inputs[n].name: v for n, v in feeds.items()}, config)))
+    assert ops[0] == ops[1]
+    for name in outputs[1]:
+        np.testing.assert_array_equal(outputs[0][name], outputs[1][name], err_msg=name)
 
 
 CHILD = """

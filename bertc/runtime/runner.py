@@ -5,8 +5,8 @@ Two ways to run the same GraphDef, and nothing else anywhere in bertc:
   served       what `bertc serve`, verify's served check and the benchmarks run:
                the weights as Const nodes in the graph, Grappler's default
                optimizers on (constant folding, the oneDNN remapper that fuses
-               MatMul + BiasAdd and turns LayerNorm into _MklLayerNorm, ...),
-               `inter_op_threads` (default 1, as Intel's BF16 BERT guide sets it)
+               MatMul + BiasAdd and turns LayerNorm into _MklLayerNorm, ...) but
+               two (OFF_FOR_MEMORY below), `inter_op_threads` (default 1, as Intel's BF16 BERT guide sets it)
                and `intra_op_threads` threads of the Session's own
                (SERVED_CONFIG below).  Several buckets share one Session, each under
                its scope seq_<S>/ (`ServedSession`).
@@ -38,6 +38,14 @@ from bertc.runtime.tf_settings import default_intra_op_threads
 SERVED = "served"
 AS_WRITTEN = "as_written"
 
+# Grappler optimizers the served Session turns off.  Neither changes a bertc graph on
+# the CPU (outputs are bitwise equal with and without them; the memory optimizer's
+# swapping and recomputation are for GPUs and gradients, the layout optimizer's NCHW
+# rewrites for convolutions), but each works on its own copies of the weight-laden
+# graph at the first run: a BERT-Large span artifact at 32 x 384 peaked at 15.7 GiB
+# (f32) and 12.9 GiB (bf16) with them, 10.7 and 7.9 GiB without (BENCHMARKS.md).
+OFF_FOR_MEMORY = ("memory_optimization", "layout_optimizer")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -58,16 +66,21 @@ class RunConfig:
             config = tf.compat.v1.ConfigProto()
             config.graph_options.rewrite_options.disable_meta_optimizer = True
             return config
-        return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=self.intra_op_threads,
-                                        inter_op_parallelism_threads=self.inter_op_threads,
-                                        use_per_session_threads=True)
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=self.intra_op_threads,
+                                          inter_op_parallelism_threads=self.inter_op_threads,
+                                          use_per_session_threads=True)
+        options = config.graph_options.rewrite_options
+        options.memory_optimization = options.NO_MEM_OPT
+        options.layout_optimizer = options.OFF
+        return config
 
     def describe(self) -> dict:
         """What the manifest and verify's report record of the run."""
         if self.mode == AS_WRITTEN:
             return {"mode": self.mode, "grappler": False, "weights": "fed"}
         from bertc.runtime import tf_settings as tf_runtime
-        return {"mode": self.mode, "grappler": True, "weights": "constants",
+        return {"mode": self.mode, "grappler": True, "grappler_off": list(OFF_FOR_MEMORY),
+                "weights": "constants",
                 "intra_op_threads": self.intra_op_threads,
                 "inter_op_threads": self.inter_op_threads,
                 "onednn": tf_runtime.describe()}
