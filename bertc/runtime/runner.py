@@ -27,6 +27,7 @@ import dataclasses
 from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
 import rewrites
 import rewrites.constants
@@ -44,7 +45,8 @@ AS_WRITTEN = "as_written"
 # rewrites for convolutions), but each works on its own copies of the weight-laden
 # graph at the first run: a BERT-Large span artifact at 32 x 384 peaked at 15.7 GiB
 # (f32) and 12.9 GiB (bf16) with them, 10.7 and 7.9 GiB without (BENCHMARKS.md).
-OFF_FOR_MEMORY = ("memory_optimization", "layout_optimizer")
+OFF_FOR_MEMORY = {"memory_optimization": RewriterConfig.NO_MEM_OPT,
+                  "layout_optimizer": RewriterConfig.OFF}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,8 @@ class RunConfig:
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=self.intra_op_threads,
                                           inter_op_parallelism_threads=self.inter_op_threads,
                                           use_per_session_threads=True)
-        options = config.graph_options.rewrite_options
-        options.memory_optimization = options.NO_MEM_OPT
-        options.layout_optimizer = options.OFF
+        for optimizer, off in OFF_FOR_MEMORY.items():
+            setattr(config.graph_options.rewrite_options, optimizer, off)
         return config
 
     def describe(self) -> dict:
@@ -79,7 +80,7 @@ class RunConfig:
         if self.mode == AS_WRITTEN:
             return {"mode": self.mode, "grappler": False, "weights": "fed"}
         from bertc.runtime import tf_settings as tf_runtime
-        return {"mode": self.mode, "grappler": True, "grappler_off": list(OFF_FOR_MEMORY),
+        return {"mode": self.mode, "grappler": True, "grappler_off": sorted(OFF_FOR_MEMORY),
                 "weights": "constants",
                 "intra_op_threads": self.intra_op_threads,
                 "inter_op_threads": self.inter_op_threads,
