@@ -26,9 +26,10 @@ first pass of each stack is its warm-up and its correctness check against torch_
 (start/end logits at real positions, and whether the best span is the same); the
 timed passes follow.  Figures are sequences (windows) per second and the ratio to
 torch_bf16; the load average is printed before and after the timed passes.  Where
-memory is short (all seven BERT-Large stacks at 32 x 384 did not fit on the 24 GiB
-development machine: BENCHMARKS.md), run them in groups with the same --workdir, each with torch_bf16 as the common
-yardstick: a group without torch_f32 checks against the outputs an earlier group saved.
+memory is short (the seven BERT-Large stacks at 32 x 384 do not fit in one process on
+the 24 GiB development machine: BENCHMARKS.md), run them in groups with the same
+--workdir, each with torch_bf16 as the common yardstick: a group without torch_f32
+checks against the outputs an earlier group saved.
 """
 
 import argparse
@@ -46,6 +47,7 @@ sys.path.insert(0, HERE)
 
 import throughput  # noqa: E402
 from make_random_checkpoint import SHAPES, random_weights  # noqa: E402
+from served_memory import memory as rss  # noqa: E402
 from bertc.runtime import machine  # noqa: E402
 
 INPUTS = ("input_ids", "input_mask", "segment_ids")
@@ -196,12 +198,6 @@ def ov_default_fn(path: str):
         result = request.infer([b[k].astype(np.int64) for k in INPUTS])
         return result[0], result[1]
     return run
-
-
-def rss() -> str:
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-    return f"RSS {kib / 2**20:.2f} GiB"
 
 
 def bertc_tf_fn(artifact: str, seq: int, intra: int, inter: int):
