@@ -207,6 +207,37 @@ def test_every_head_converts_verifies_and_matches_its_saved_model(head, tiny_cfg
     for name in doc["outputs"]:
         np.testing.assert_allclose(ir[name], tf_out[name], atol=1e-4, err_msg=name)
     assert doc["rewrites"]["requested"] == ["strip_unused"]
+    # the build converts its frozen graph with the weights shared: the same model as
+    # OpenVINO's own conversion of the bucket's SavedModel, bit for bit at f32
+    reference = target.convert(os.path.join(result.artifact, "seq_32", "1"))
+    built = ov.Core().read_model(os.path.join(result.artifact, target.ir_path(32)))
+    ports = lambda m: sorted((p.get_any_name(), tuple(p.get_shape()), p.get_element_type().get_type_name())  # noqa: E501,E731
+                             for p in list(m.inputs) + list(m.outputs))
+    assert ports(built) == ports(reference)
+    properties = target.served_properties("f32")
+    compiled = [ov.Core().compile_model(m, "CPU", properties) for m in (built, reference)]
+    chunk = {k: v[:, :32] for k, v in feeds.items()}
+    got, want = (c.create_infer_request().infer(chunk) for c in compiled)
+    for name in doc["outputs"]:
+        np.testing.assert_array_equal(got[compiled[0].output(name)],
+                                      want[compiled[1].output(name)], err_msg=name)
+
+
+def test_the_converted_model_shares_the_builds_weights():
+    """convert_frozen's Constants point into the frozen graph's arrays: no copy."""
+    from bertc.model import freeze, modeling
+    config = bt.tiny_bert_config(2, 32, 4, intermediate=64)
+    model = modeling.BertModel(config, bt.random_bert_weights(config, 1))
+    frozen = freeze.freeze_model(model, "sequence", BATCH, 16, detach=True)
+    converted = target.convert_frozen(frozen)
+    constants = {op.get_friendly_name(): op for op in converted.get_ops()
+                 if op.get_type_name() == "Constant"}
+    assert sorted(p.get_any_name() for p in converted.inputs) == sorted(modeling.INPUT_NAMES)
+    used = [n for n in frozen.constants if n.startswith(("weights/bert/embeddings/",
+                                                         "weights/bert/encoder/"))]
+    assert len(used) == 3 + 2 + 16 * 2 and set(used) <= set(constants)  # the sequence head's
+    for name in used:
+        assert np.shares_memory(constants[name].data, frozen.constants[name]), name
 
 
 def test_cls_only_tail_is_refused_where_openvino_crashes_on_it(tiny_ckpt, tmp_path):

@@ -274,6 +274,8 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
         relative = os.path.join(f"seq_{seq_len}", "1")
         with log.stage("export"):
             export.write_saved_model(frozen, os.path.join(tmp, relative))
+            if options.target == "openvino":  # from the frozen graph, its weights shared
+                call = openvino_target.compile_bucket(tmp, frozen, relative, inference)
             del frozen
             entry = {"seq_len": seq_len, "path": relative}
             if options.target == "neuron":
@@ -282,7 +284,6 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                 compile_calls.append(call)
                 entry["neuron_path"] = call["new_model_dir_relative"]
             if options.target == "openvino":
-                call = openvino_target.compile_bucket(tmp, relative, seq_len, inference)
                 if int8:
                     with log.stage("quantize"):
                         call["int8"] = _int8_quantize(tmp, call, int8, options.batch_size,

@@ -78,29 +78,113 @@ def unconverted_ops(message: str) -> list:
     return ops
 
 
+def conversion_error(exc: Exception, where: str) -> BertcError:
+    """The one-line BertcError for a failed openvino.convert_model of `where`, naming the
+    op it cannot convert when OpenVINO's message lists one."""
+    ov = load()
+    ops = unconverted_ops(str(exc))
+    if ops:
+        return BertcError(f"{where}: OpenVINO {ov.get_version().split('-')[0]} cannot convert "
+                          f"op {', '.join(ops)}; expected a graph of public TensorFlow ops "
+                          "(leave out `allow_internal_ops`)")
+    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return BertcError(f"{where}: openvino.convert_model failed: {first.strip()}")
+
+
 def convert(saved_model_dir: str):
-    """openvino.convert_model of a SavedModel; BertcError naming an op it cannot convert."""
+    """openvino.convert_model of a SavedModel (OpenVINO's documented route; the build
+    uses convert_frozen, which tests hold to this)."""
     ov = load()
     try:
         return ov.convert_model(saved_model_dir)
     except Exception as exc:  # OpConversionFailure, GeneralFailure: OpenVINO's own types
-        ops = unconverted_ops(str(exc))
-        if ops:
-            raise BertcError(f"{saved_model_dir}: OpenVINO {ov.get_version().split('-')[0]} "
-                             f"cannot convert op {', '.join(ops)}; expected a graph of "
-                             "public TensorFlow ops (leave out `allow_internal_ops`)") from None
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise BertcError(f"{saved_model_dir}: openvino.convert_model failed: "
-                         f"{first.strip()}") from None
+        raise conversion_error(exc, saved_model_dir) from None
 
 
-def compile_bucket(artifact_dir: str, saved_model_relative: str, seq_len: int,
-                   inference: str) -> dict:
-    """Converts one bucket's SavedModel and writes its IR; returns the manifest record
-    (paths relative to the artifact, input/output names and shapes, the `inference`
-    precision: inference_precision)."""
+def weightless_graph_def(frozen):
+    """A copy of the frozen GraphDef with each detached weight Const turned into a
+    Placeholder of the same name, dtype and static shape (no value in it, so the
+    copy is small)."""
+    import tensorflow as tf
+    light = tf.compat.v1.GraphDef()
+    light.CopyFrom(frozen.graph_def)
+    for node in light.node:
+        if node.name in (frozen.constants or {}):
+            shape = node.attr["value"].tensor.tensor_shape
+            dtype = node.attr["dtype"].type
+            node.op = "Placeholder"
+            node.ClearField("attr")
+            node.attr["dtype"].type = dtype
+            node.attr["shape"].shape.CopyFrom(shape)
+    return light
+
+
+def convert_frozen(frozen):
+    """openvino.convert_model of a detached FrozenGraph, its weights shared with the
+    build instead of copied.
+
+    Converting the bucket's SavedModel parses its 1.24 GiB saved_model.pb (BERT-Large)
+    and copies every weight into the OpenVINO model while the parsed file is alive:
+    3.1x the weights at its peak.  Here the weights never pass through a file:
+
+      weights/W: Const [H, H] ──▶ MatMul        the frozen graph (W detached)
+      weights/W: Placeholder [H, H] ──▶ MatMul  weightless_graph_def
+      Parameter weights/W ──▶ MatMul            openvino.convert_model
+      Constant(W, shared_memory) ──▶ MatMul     each weight Parameter replaced
+
+    The model's inputs and outputs carry the signature's names, as the SavedModel's
+    conversion names them.  The Constants point into `frozen.constants`: keep it
+    alive until the model is saved."""
     ov = load()
-    model = convert(os.path.join(artifact_dir, saved_model_relative))
+    from openvino import opset13
+    light = weightless_graph_def(frozen)
+    try:
+        model = ov.convert_model(light)
+    except Exception as exc:  # OpConversionFailure, GeneralFailure: OpenVINO's own types
+        raise conversion_error(exc, f"seq {frozen.seq_len}") from None
+    del light
+    # a tf.Graph's conversion names every tensor "<node>:0" and makes each tensor
+    # nothing consumes an output (an unused weight's Placeholder too): keep the
+    # signature's outputs only
+    node_of = lambda port: port.get_node().get_friendly_name().rsplit(":", 1)[0]  # noqa: E731
+    outputs = {}
+    for port in model.outputs:
+        for name, node in frozen.outputs.items():
+            if f"{node}:0" in port.get_names():
+                outputs[name] = port.get_node().input_value(0)
+    constants, inputs = frozen.constants or {}, {}
+    by_node = {node: name for name, node in frozen.inputs.items()}
+    for parameter in list(model.get_parameters()):
+        name = node_of(parameter.output(0))
+        if name in constants:
+            constant = opset13.constant(constants[name], name=name, shared_memory=True)
+            parameter.output(0).replace(constant.output(0))
+        elif name in by_node:
+            parameter.set_friendly_name(by_node[name])
+            parameter.output(0).get_tensor().set_names({by_node[name]})
+            inputs[by_node[name]] = parameter
+    missing = set(frozen.outputs) - set(outputs) or set(frozen.inputs) - set(inputs)
+    if missing:
+        raise RuntimeError(f"openvino.convert_model lost {sorted(missing)}")
+    results = []
+    for name in frozen.outputs:
+        result = opset13.result(outputs[name])
+        result.output(0).get_tensor().set_names({name})
+        results.append(result)
+    model = ov.Model(results, [inputs[name] for name in frozen.inputs], "bertc")
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def compile_bucket(artifact_dir: str, frozen, saved_model_relative: str,
+                   inference: str) -> dict:
+    """Converts one bucket's detached `frozen` graph (convert_frozen: its weights shared,
+    not copied) and writes its IR; returns the manifest record (paths relative to the
+    artifact, the SavedModel it equals, input/output names and shapes, the `inference`
+    precision: inference_precision).  `frozen.constants` must stay alive until it returns."""
+    ov = load()
+    seq_len = frozen.seq_len
+    model = convert_frozen(frozen)
     relative = ir_path(seq_len)
     # compress_to_fp16=False: the IR keeps the fp32 weights; the precision is chosen
     # when the model is compiled
@@ -112,10 +196,15 @@ def compile_bucket(artifact_dir: str, saved_model_relative: str, seq_len: int,
               "bin": relative[:-len(".xml")] + ".bin", "relative_to": "the artifact",
               "inputs": ports(model.inputs), "outputs": ports(model.outputs),
               "inference_precision": inference,
+              "weights": "shared with the build: the frozen graph converted with its "
+                         "weights as Parameters, each replaced by a Constant over the "
+                         "weight's array (convert_frozen)",
               "call": f"openvino.save_model(openvino.convert_model({saved_model_relative!r}), "
                       f"{relative!r}, compress_to_fp16=False)",
-              "summary": f"openvino.convert_model({saved_model_relative!r}) -> {relative} "
+              "summary": f"openvino.convert_model(seq {seq_len}, weights shared; equals "
+                         f"{saved_model_relative!r}) -> {relative} "
                          f"(inference precision {inference})"}
+    del model
     logger.info("openvino: wrote %s (%s)", relative, ", ".join(
         f"{n} {s}" for n, s in record["outputs"].items()))
     return record
