@@ -273,11 +273,24 @@ def test_without_openvino_the_build_says_what_to_install(tiny_ckpt, tmp_path, mo
     assert not out.exists()
 
 
-@pytest.mark.parametrize("isa, want", [({"amx_bf16": True}, "bfloat16"),
-                                       ({"avx512_bf16": True}, "float32"),  # measured slower
-                                       ({"avx2": True, "avx512f": True}, "float32")])
-def test_default_precision_follows_the_cpu(isa, want):
-    assert target.default_dtype(isa) == want
+@pytest.mark.parametrize("isa, vendor, want", [
+    ({"amx_bf16": True, "avx512_bf16": True}, "GenuineIntel", "bfloat16"),
+    ({"avx512_bf16": True}, "GenuineIntel", "float32"),  # measured slower than f32
+    ({"avx512_bf16": True}, "AuthenticAMD", "bfloat16"),  # Zen 4: measured faster
+    ({"avx2": True, "avx512f": True}, "AuthenticAMD", "float32"),
+    ({"avx2": True}, "GenuineIntel", "float32")])
+def test_default_precision_follows_the_cpu(isa, vendor, want):
+    assert target.default_dtype(isa, vendor) == want
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    from bertc.runtime import machine
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+                       "flags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert machine.cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
+    assert target.default_dtype(machine.isa_flags(str(cpuinfo)),
+                                machine.cpu_vendor(str(cpuinfo))) == "bfloat16"
 
 
 def test_serve_on_an_openvino_artifact_logs_where_it_serves(ov_f32):

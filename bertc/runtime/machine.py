@@ -46,6 +46,11 @@ def cpu_model(path: str = CPUINFO) -> str:
     return _cpuinfo_fields(path).get("model name") or platform.processor() or "unknown"
 
 
+def cpu_vendor(path: str = CPUINFO) -> str:
+    """/proc/cpuinfo's vendor_id: 'GenuineIntel', 'AuthenticAMD' ('' elsewhere)."""
+    return _cpuinfo_fields(path).get("vendor_id", "")
+
+
 def isa_flags(path: str = CPUINFO) -> Dict[str, bool]:
     """{flag: present} for ISA_FLAGS."""
     present = set(_cpuinfo_fields(path).get("flags", "").split())
@@ -58,7 +63,8 @@ def present_flags(path: str = CPUINFO) -> List[str]:
 
 def describe(path: str = CPUINFO) -> dict:
     """What a manifest or a benchmark records: model, cores, ISA flags."""
-    return {"model": cpu_model(path), "cores": os.cpu_count(), "isa": isa_flags(path)}
+    return {"model": cpu_model(path), "vendor": cpu_vendor(path), "cores": os.cpu_count(),
+            "isa": isa_flags(path)}
 
 
 def header(path: str = CPUINFO) -> str:

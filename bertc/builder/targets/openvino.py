@@ -11,8 +11,9 @@ The precision is OpenVINO's, not the graph's: `--dtype` maps to the compile
 property INFERENCE_PRECISION_HINT (float32 -> f32, bfloat16 -> bf16, float16 ->
 f16), so the IR stays fp32 and one IR runs at every precision.  Without --dtype
 the build takes the fastest precision the CPU runs natively within verify's bound:
-bf16 where it has AMX-BF16, else f32 (`default_dtype`; on a Xeon with AVX512-BF16
-and no AMX, bf16 ran MiniLM at 0.65x f32: BENCHMARKS.md).
+bf16 where it has AMX-BF16 or is an AMD with AVX512-BF16, else f32 (`default_dtype`;
+on an Intel Xeon with AVX512-BF16 and no AMX, bf16 ran MiniLM at 0.65x f32:
+BENCHMARKS.md).
 How a model is compiled (the properties) and loading `openvino` lazily live in
 bertc/runtime/openvino_settings.py, which verify and `bertc serve` use too.
 """
@@ -34,17 +35,22 @@ IR_DIR = "openvino"
 XML = "model.xml"
 
 
-def default_dtype(isa: Optional[Dict[str, bool]] = None) -> str:
-    """bfloat16 where the CPU has AMX-BF16 tiles, else float32.
+def default_dtype(isa: Optional[Dict[str, bool]] = None, vendor: Optional[str] = None) -> str:
+    """bfloat16 where OpenVINO's bf16 was measured faster than its f32, else float32:
+    CPUs with AMX-BF16 tiles, and AMD's with AVX512-BF16 (Zen 4).
 
-    AVX512-BF16 alone does not pay under OpenVINO 2026.4: on a Xeon with it and no
-    AMX, MiniLM's IR at [4, 128] ran 0.65x as fast in bf16 as in f32 (its bf16
-    FullyConnected brgemm kernels are the slower ones there; BENCHMARKS.md), while
-    OpenVINO's own default picks bf16 on that CPU."""
+    AVX512-BF16 alone does not decide it under OpenVINO 2026.4: on an AMD EPYC (Zen 4)
+    bf16 ran MiniLM at 1.75x and BERT-Base at 1.87x f32 at [4, 128], quiet; on an Intel
+    Xeon with it and no AMX, MiniLM at 0.65x (its bf16 FullyConnected brgemm kernels
+    are the slower ones there), while OpenVINO's own default picks bf16 on both
+    (BENCHMARKS.md)."""
+    from bertc.runtime import machine
     if isa is None:
-        from bertc.runtime import machine
         isa = machine.isa_flags()
-    return "bfloat16" if isa.get("amx_bf16") else "float32"
+    if vendor is None:
+        vendor = machine.cpu_vendor()
+    fast = isa.get("amx_bf16") or (isa.get("avx512_bf16") and vendor == "AuthenticAMD")
+    return "bfloat16" if fast else "float32"
 
 
 #: Passes this target refuses, and why (measured on OpenVINO 2026.4.1).
