@@ -88,7 +88,8 @@ flags.DEFINE_bool("crude_gelu", False, "GELU as x*sigmoid(1.702x) (the Neuron de
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16", "int8"],
                   "Matmul/attention precision (mixed_precision pass; --target openvino: "
                   "OpenVINO's inference precision, by default bfloat16 where the CPU has "
-                  "AMX-BF16, else float32; int8: NNCF post-training "
+                  "AMX-BF16 or is an AMD with AVX512-BF16, else float32; int8: NNCF "
+                  "post-training "
                   "quantization, calibrated and bounded).")
 flags.DEFINE_string("calibration_data", None, "--dtype int8: MRPC TSV or text file to "
                     "calibrate on. Default: the first --calibration_rows pairs of the "
