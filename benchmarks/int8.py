@@ -1,13 +1,14 @@
 """bertc `--target openvino --dtype int8` beside bf16, f32 and the int8 peers.
 
     python benchmarks/int8.py [--models minilm,base] [--batches 40] [--rounds 4]
+        [--buckets 64,128]
 
 Per model (minilm: the real all-MiniLM-L6-v2; base: random weights shaped like
 BERT-Base), batch 4, every core, timed in turns in one process
 (throughput.interleaved_rates: the best pass of each), on
   full   [4, 128] rows of random ids
   mrpc   --batches x 4 MRPC dev pairs after the first 100 (the int8 build
-         calibrates on those 100): bertc's buckets (64, 128) get the rows routed
+         calibrates on those 100): bertc's --buckets (64, 128) get the rows routed
          as `bertc serve` routes them; peers get each batch padded to its longest row.
 Stacks:
   bertc ov f32 / bf16 / int8   one artifact each (--dtype), IR compiled as served (at the
@@ -48,7 +49,6 @@ from bertc.text.tokenization import WordPieceTokenizer  # noqa: E402
 from bertc.verify import task_metric  # noqa: E402
 
 BATCH, SEQ, CALIBRATION = 4, 128, 100
-BUCKETS = (64, 128)
 
 
 def ort_fn(path, threads):
@@ -76,27 +76,29 @@ def sentence_batches(vocab_file, sentences):
             for i in range(0, rows + pad, BATCH)]
 
 
-def bucketed(batch):
+def bucketed(batch, buckets):
     """The trimmed batch widened to the smallest bucket that holds it (bertc's IRs)."""
-    width = next(s for s in BUCKETS if batch["input_ids"].shape[1] <= s)
+    width = next(s for s in buckets if batch["input_ids"].shape[1] <= s)
     extra = width - batch["input_ids"].shape[1]
     return {k: np.pad(v, ((0, 0), (0, extra))) for k, v in batch.items()}
 
 
-def embeddings(fn, batches, sequence_output, rows, bertc):
+def embeddings(fn, batches, sequence_output, rows, buckets):
+    """Embeddings of the first `rows` rows; `buckets`: bertc's (None: the peers' own
+    shapes)."""
     out = []
     for b in batches:
-        b = bucketed(b) if bertc else b
+        b = bucketed(b, buckets) if buckets else b
         got = fn(b)
         out.append(ovb.embedding(got, b["input_mask"]) if sequence_output
                    else np.asarray(got["embedding"], np.float64))
     return np.concatenate(out)[:rows]
 
 
-def paraphrase_accuracy(fn, side_a, side_b, labels, threshold, sequence_output, bertc):
+def paraphrase_accuracy(fn, side_a, side_b, labels, threshold, sequence_output, buckets):
     """MRPC accuracy (%) and F1 of one stack: cos(e_a, e_b) >= threshold."""
-    a = embeddings(fn, side_a, sequence_output, len(labels), bertc)
-    b = embeddings(fn, side_b, sequence_output, len(labels), bertc)
+    a = embeddings(fn, side_a, sequence_output, len(labels), buckets)
+    b = embeddings(fn, side_b, sequence_output, len(labels), buckets)
     similarity = np.sum(a * b, 1) / np.maximum(
         np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     return task_metric.scores(similarity >= threshold, labels)
@@ -116,6 +118,7 @@ def torch_fn(model):
 
 def run_model(name, args, workdir):
     import openvino as ov
+    buckets = tuple(sorted(int(s) for s in args.buckets.split(",")))
     import nncf
     cores = os.cpu_count() or 1
     ckpt_dir = throughput.checkpoint_for(name, workdir)
@@ -140,19 +143,19 @@ def run_model(name, args, workdir):
         out = os.path.join(workdir, f"{name}_{dtype}" + (f"_{rest}_rest" if rest else ""))
         builder.build(builder.BuildOptions(
             output=out, ckpt=ckpt_dir, head="embedding", batch_size=BATCH,
-            seq_lens=list(BUCKETS), target="openvino", dtype=dtype, verify=False,
+            seq_lens=list(buckets), target="openvino", dtype=dtype, verify=False,
             calibration_rows=CALIBRATION if dtype == "int8" else None,
             int8_rest_dtype=rest))
         doc = manifest_lib.read(out)
         threshold = textdata.paraphrase_threshold(doc)
-        fn = ovb.ov_bucket_fn(out, BUCKETS, target.artifact_precision(doc), cores)
+        fn = ovb.ov_bucket_fn(out, buckets, target.artifact_precision(doc), cores)
         runs[(label, "full")] = (fn, full)
-        runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, BUCKETS))
-        cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, BUCKETS),
+        runs[(label, "mrpc")] = (fn, ovb.routed(mrpc, buckets))
+        cosines[label] = ovb.min_cosine(fn, ovb.routed_in_order(mrpc, buckets),
                                         reference, False)
         if real:
             accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels, threshold,
-                                                  False, True)
+                                                  False, buckets)
     fp32_path = throughput.export_onnx(model, trimmed[0], os.path.join(workdir, f"{name}.onnx"))
     hf_ov = ov.Core().read_model(fp32_path)
     calib = [[b[k].astype(np.int64) for k in ovb.INPUTS]
@@ -171,10 +174,10 @@ def run_model(name, args, workdir):
         cosines[label] = ovb.min_cosine(fn, trimmed, reference, True)
         if real:
             accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels, threshold,
-                                                  True, False)
+                                                  True, None)
     if real:
         accuracy["torch fp32 (reference)"] = paraphrase_accuracy(
-            torch_fn(model), side_a, side_b, labels, threshold, True, False)
+            torch_fn(model), side_a, side_b, labels, threshold, True, None)
     rates = throughput.interleaved_rates(runs, args.rounds, 0.0)
     base = {t: rates[("bertc ov float32", t)] for t in ("full", "mrpc")}
     bf16 = {t: rates[("bertc ov bfloat16", t)] for t in ("full", "mrpc")}
@@ -204,6 +207,8 @@ def main():
                         help="comma-separated: minilm (real weights), base (random)")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--buckets", default="64,128",
+                        help="bertc's sequence buckets (the largest must be 128)")
     args = parser.parse_args()
     import openvino as ov
     import nncf

@@ -149,10 +149,9 @@ def convert_frozen(frozen):
     except Exception as exc:  # OpConversionFailure, GeneralFailure: OpenVINO's own types
         raise conversion_error(exc, f"seq {frozen.seq_len}") from None
     del light
-    # a tf.Graph's conversion names every tensor "<node>:0" and makes each tensor
-    # nothing consumes an output (an unused weight's Placeholder too): keep the
+    # a tf.Graph's conversion names every tensor "<node>:0" and makes every tensor that
+    # nothing consumes a model output (an unused weight's Placeholder too): keep the
     # signature's outputs only
-    node_of = lambda port: port.get_node().get_friendly_name().rsplit(":", 1)[0]  # noqa: E731
     outputs = {}
     for port in model.outputs:
         for name, node in frozen.outputs.items():
@@ -161,7 +160,7 @@ def convert_frozen(frozen):
     constants, inputs = frozen.constants or {}, {}
     by_node = {node: name for name, node in frozen.inputs.items()}
     for parameter in list(model.get_parameters()):
-        name = node_of(parameter.output(0))
+        name = parameter.get_friendly_name().rsplit(":", 1)[0]
         if name in constants:
             constant = opset13.constant(constants[name], name=name, shared_memory=True)
             parameter.output(0).replace(constant.output(0))
