@@ -189,11 +189,16 @@ def test_verify_runs_the_ir_as_served_and_per_pass_ends_with_the_compile(ov_f32)
         _manifest(ov_f32)["rewrites"]["requested"]
 
 
-@pytest.mark.parametrize("head", ["sequence", "pooled", "classifier", "embedding"])
+@pytest.mark.parametrize("head", ["sequence", "pooled", "classifier", "embedding", "span"])
 def test_every_head_converts_verifies_and_matches_its_saved_model(head, tiny_cfg,
                                                                   tmp_path):
     weights = bt.random_weights(tiny_cfg, seed=3, num_labels=3 if head == "classifier"
                                 else None)
+    if head == "span":  # run_squad's head (issue 17)
+        rng = np.random.default_rng(4)
+        weights["cls/squad/output_weights"] = rng.standard_normal(
+            (2, tiny_cfg["hidden_size"])).astype(np.float32)
+        weights["cls/squad/output_bias"] = rng.standard_normal(2).astype(np.float32)
     ckpt = bt.write_google_checkpoint(str(tmp_path / "ckpt"), tiny_cfg, weights)
     result = _build(ckpt, tmp_path / "art", head=head, seq_lens=(16, 32),
                     dtype="float32", verify_rows=8)
