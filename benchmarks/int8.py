@@ -119,8 +119,8 @@ def torch_fn(model):
 
 def run_model(name, args, workdir):
     import openvino as ov
-    buckets = tuple(sorted(int(s) for s in args.buckets.split(",")))
     import nncf
+    buckets = tuple(sorted(int(s) for s in args.buckets.split(",")))
     cores = os.cpu_count() or 1
     ckpt_dir = throughput.checkpoint_for(name, workdir)
     from bertc.sources import google_checkpoint as checkpoint

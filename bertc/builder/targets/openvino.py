@@ -107,24 +107,6 @@ def convert(saved_model_dir: str):
         raise conversion_error(exc, saved_model_dir) from None
 
 
-def weightless_graph_def(frozen):
-    """A copy of the frozen GraphDef with each detached weight Const turned into a
-    Placeholder of the same name, dtype and static shape (no value in it, so the
-    copy is small)."""
-    import tensorflow as tf
-    light = tf.compat.v1.GraphDef()
-    light.CopyFrom(frozen.graph_def)
-    for node in light.node:
-        if node.name in (frozen.constants or {}):
-            shape = node.attr["value"].tensor.tensor_shape
-            dtype = node.attr["dtype"].type
-            node.op = "Placeholder"
-            node.ClearField("attr")
-            node.attr["dtype"].type = dtype
-            node.attr["shape"].shape.CopyFrom(shape)
-    return light
-
-
 def convert_frozen(frozen):
     """openvino.convert_model of a detached FrozenGraph, its weights shared with the
     build instead of copied.
@@ -134,16 +116,17 @@ def convert_frozen(frozen):
     3.1x the weights at its peak.  Here the weights never pass through a file:
 
       weights/W: Const [H, H] ──▶ MatMul        the frozen graph (W detached)
-      weights/W: Placeholder [H, H] ──▶ MatMul  weightless_graph_def
+      weights/W: Placeholder [H, H] ──▶ MatMul  rewrites.constants.consts_as_placeholders
       Parameter weights/W ──▶ MatMul            openvino.convert_model
       Constant(W, shared_memory) ──▶ MatMul     each weight Parameter replaced
 
     The model's inputs and outputs carry the signature's names, as the SavedModel's
     conversion names them.  The Constants point into `frozen.constants`: keep it
     alive until the model is saved."""
+    import rewrites.constants
     ov = load()
     from openvino import opset13
-    light = weightless_graph_def(frozen)
+    light = rewrites.constants.consts_as_placeholders(frozen.graph_def, frozen.constants or {})
     try:
         model = ov.convert_model(light)
     except Exception as exc:  # OpConversionFailure, GeneralFailure: OpenVINO's own types
@@ -209,7 +192,6 @@ def compile_bucket(artifact_dir: str, frozen, saved_model_relative: str,
               "summary": f"openvino.convert_model(seq {seq_len}, weights shared; equals "
                          f"{saved_model_relative!r}) -> {relative} "
                          f"(inference precision {inference})"}
-    del model
     logger.info("openvino: wrote %s (%s)", relative, ", ".join(
         f"{n} {s}" for n, s in record["outputs"].items()))
     return record
