@@ -190,6 +190,9 @@ def build(options: BuildOptions) -> BuildResult:
         from bertc.builder.targets import openvino
         openvino.precision(options.dtype)
         openvino.load()
+        emulated = openvino.emulated_bf16(options.dtype, options.int8_rest_dtype)
+        if emulated:
+            logging.warning("%s", emulated)
         if options.dtype == "int8":
             from bertc.builder.targets import openvino_int8
             openvino_int8.load_nncf()
@@ -322,8 +325,8 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
             doc["target"]["openvino"]["int8"] = {
                 "nncf": int8["nncf_version"], "bound": int8["bound"].__dict__,
                 "splits": int8["split"], "thresholds": int8["thresholds"]}
-    failed = [f"seq {s}: {'; '.join(r['failures'])}" for s, r in verify_reports.items()
-              if not r["passed"]]
+    failed = [f"seq {s}: {'; '.join(r['failures'])}{_other_runs(r)}"
+              for s, r in verify_reports.items() if not r["passed"]]
     if failed:
         raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
                            verify_reports)
@@ -366,6 +369,14 @@ def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: i
                                                                      seq_len),
                                          batch_size, int8["bound"], int8["fingerprints"],
                                          rest_precision)
+
+
+def _other_runs(report: dict) -> str:
+    """' (the served run passes; ...)': how the artifact's other runs fared on the same
+    thresholds, in a failed verify's one line (which runtime, or the reference, is at fault)."""
+    others = [f"the {name} run {'passes' if run.get('passed') else 'fails too'}"
+              for name, run in report.get("runs", {}).items() if name != report["checked"]]
+    return f" ({'; '.join(others)})" if others else ""
 
 
 class VerifyFailed(CheckFailed):

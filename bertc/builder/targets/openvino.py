@@ -22,6 +22,8 @@ import logging
 import os
 from typing import Dict, Optional
 
+import numpy as np
+
 from bertc.errors import BertcError
 from bertc.runtime.openvino_settings import (DEFAULT_INT8_REST_DTYPE, INSTALL_HINT, PIN,  # noqa: F401
                                              PRECISIONS, artifact_precision,
@@ -51,6 +53,23 @@ def default_dtype(isa: Optional[Dict[str, bool]] = None, vendor: Optional[str] =
         vendor = machine.cpu_vendor()
     fast = isa.get("amx_bf16") or (isa.get("avx512_bf16") and vendor == "AuthenticAMD")
     return "bfloat16" if fast else "float32"
+
+
+def emulated_bf16(dtype: str, int8_rest_dtype: Optional[str] = None,
+                  isa: Optional[Dict[str, bool]] = None) -> Optional[str]:
+    """The warning for a bf16 compile on a CPU with neither AVX512-BF16 nor AMX-BF16,
+    where OpenVINO 2026.4 emulates bf16: MiniLM ran at 0.03x float32 on an Intel Xeon
+    with AVX-512 VNNI and no BF16 (BENCHMARKS.md); None where bf16 is native or unused."""
+    from bertc.runtime import machine
+    if precision(dtype) != "bf16" and not (dtype == "int8" and int8_rest_dtype == "bfloat16"):
+        return None
+    isa = machine.isa_flags() if isa is None else isa
+    if isa.get("avx512_bf16") or isa.get("amx_bf16"):
+        return None
+    option = "`int8_rest_dtype`" if dtype == "int8" else "`dtype`"
+    return (f"{option} bfloat16 on a CPU without AVX512-BF16 or AMX-BF16: OpenVINO emulates "
+            "bf16 here (MiniLM ran at 0.03x float32 on such a Xeon); float32 is faster "
+            "and exact")
 
 
 #: Passes this target refuses, and why (measured on OpenVINO 2026.4.1).
@@ -119,10 +138,17 @@ def convert_frozen(frozen):
       weights/W: Placeholder [H, H] ──▶ MatMul  rewrites.constants.consts_as_placeholders
       Parameter weights/W ──▶ MatMul            openvino.convert_model
       Constant(W, shared_memory) ──▶ MatMul     each weight Parameter replaced
+      ShapeOf(W) -> Constant, ConstantFolding  what hung on a weight's value or
+                                               shape only (a Gather's index bounds,
+                                               the position table's slice) folded
 
-    The model's inputs and outputs carry the signature's names, as the SavedModel's
-    conversion names them.  The Constants point into `frozen.constants`: keep it
-    alive until the model is saved."""
+    The last step leaves nothing foldable and the computing ops of OpenVINO's own
+    conversion of the bucket's SavedModel, type for type (views aside; a test holds
+    the two to it): without it the IR kept those subgraphs for the CPU plugin to fold
+    at every compile.  The model's inputs
+    and outputs carry the signature's names, as the SavedModel's conversion names
+    them.  The Constants point into `frozen.constants`: keep it alive until the
+    model is saved."""
     import rewrites.constants
     ov = load()
     from openvino import opset13
@@ -161,6 +187,17 @@ def convert_frozen(frozen):
         results.append(result)
     model = ov.Model(results, [inputs[name] for name in frozen.inputs], "bertc")
     model.validate_nodes_and_infer_types()
+    # the TF frontend marks these ShapeOfs DisableConstantFolding (its Slice and
+    # Gather conversions); over a Constant the shape is static: put it in their place
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "ShapeOf" and \
+                op.input_value(0).get_node().get_type_name() == "Constant":
+            shape = np.array(op.get_input_shape(0), op.get_output_element_type(0).to_dtype())
+            op.output(0).replace(opset13.constant(shape).output(0))
+    from openvino import passes
+    manager = passes.Manager()
+    manager.register_pass(passes.ConstantFolding())
+    manager.run_passes(model)
     return model
 
 
