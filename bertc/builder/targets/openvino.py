@@ -145,10 +145,9 @@ def convert_frozen(frozen):
     The last step leaves nothing foldable and the computing ops of OpenVINO's own
     conversion of the bucket's SavedModel, type for type (views aside; a test holds
     the two to it): without it the IR kept those subgraphs for the CPU plugin to fold
-    at every compile.  The model's inputs
-    and outputs carry the signature's names, as the SavedModel's conversion names
-    them.  The Constants point into `frozen.constants`: keep it alive until the
-    model is saved."""
+    at every compile.  The model's inputs and outputs carry the signature's names, as
+    the SavedModel's conversion names them.  The Constants point into
+    `frozen.constants`: keep it alive until the model is saved."""
     import rewrites.constants
     ov = load()
     from openvino import opset13
