@@ -21,6 +21,8 @@ Stacks:
                                pairs, compiled with no properties
   ORT fp32 / ORT int8 dynamic  ONNX Runtime on the same export, and
                                onnxruntime.quantization.quantize_dynamic(QInt8)
+Each int8 build's search is printed per bucket (steps, ops kept out of int8, metric):
+a fallback makes a bucket slower and more accurate.
 cosine: the minimum embedding cosine vs PyTorch fp32 on the MRPC rows.
 accuracy: MRPC paraphrase accuracy on the 308 held-out pairs (each sentence embedded
 alone; paraphrase when cos(e_a, e_b) >= the artifact's threshold, as verify's task
@@ -152,6 +154,12 @@ def run_model(name, args, workdir):
             print(f"{label}: refused: {exc}", flush=True)
             continue
         doc = manifest_lib.read(out)
+        for call in doc["target"]["compile"]:  # the search per bucket: a fallback is slower
+            if "int8" in call:
+                search = call["int8"]
+                print(f"{label} seq {call['seq_len']}: {len(search['steps'])} search steps, "
+                      f"{len(search['kept_in_f32'])} ops kept out of int8, "
+                      f"{search['bound']['metric']} {search['metric']:.6f}", flush=True)
         threshold = textdata.paraphrase_threshold(doc)
         fn = ovb.ov_bucket_fn(out, buckets, target.artifact_precision(doc), cores)
         runs[(label, "full")] = (fn, full)
