@@ -211,7 +211,6 @@ def test_verify_runners_known_offset_gives_known_max_abs_and_rel():
 def test_a_failed_verify_says_how_the_artifacts_other_runs_fared():
     """Which runtime is at fault: the checked run fails, a second run of the same
     artifact passes the same thresholds (or fails too), and the one line says so."""
-    from bertc.builder import pipeline
     from bertc.verify import compare as verify
     runs = {"openvino": (lambda: _artifact("offset"), {}), "served": (lambda: _reference, {}),
             "as_written": (lambda: _artifact("offset"), {})}
@@ -220,7 +219,7 @@ def test_a_failed_verify_says_how_the_artifacts_other_runs_fared():
     assert not report["passed"] and report["checked"] == "openvino"
     assert [report["runs"][n]["passed"] for n in runs] == [False, True, False]
     assert all(f.startswith(("text: logits", "random: logits")) for f in report["failures"])
-    assert pipeline._other_runs(report) == " (the served run passes; the as_written run fails too)"
+    assert verify.other_runs(report) == " (the served run passes; the as_written run fails too)"
 
 
 def test_verify_runners_argmax_agreement_is_the_fraction_of_agreeing_rows():

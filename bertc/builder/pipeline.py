@@ -325,7 +325,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
             doc["target"]["openvino"]["int8"] = {
                 "nncf": int8["nncf_version"], "bound": int8["bound"].__dict__,
                 "splits": int8["split"], "thresholds": int8["thresholds"]}
-    failed = [f"seq {s}: {'; '.join(r['failures'])}{_other_runs(r)}"
+    failed = [f"seq {s}: {'; '.join(r['failures'])}{verify_lib.other_runs(r)}"
               for s, r in verify_reports.items() if not r["passed"]]
     if failed:
         raise VerifyFailed(f"verify failed, artifact not written: {failed[0]}",
@@ -369,14 +369,6 @@ def _int8_quantize(tmp: str, call: dict, int8: dict, batch_size: int, seq_len: i
                                                                      seq_len),
                                          batch_size, int8["bound"], int8["fingerprints"],
                                          rest_precision)
-
-
-def _other_runs(report: dict) -> str:
-    """' (the served run passes; ...)': how the artifact's other runs fared on the same
-    thresholds, in a failed verify's one line (which runtime, or the reference, is at fault)."""
-    others = [f"the {name} run {'passes' if run.get('passed') else 'fails too'}"
-              for name, run in report.get("runs", {}).items() if name != report["checked"]]
-    return f" ({'; '.join(others)})" if others else ""
 
 
 class VerifyFailed(CheckFailed):

@@ -212,6 +212,15 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
     return report
 
 
+def other_runs(report: dict) -> str:
+    """' (the served run passes; ...)': how the artifact's other runs fared on the same
+    thresholds, for a failed verify's one line (which runtime, or the reference, is at
+    fault); '' for a report of one run."""
+    others = [f"the {name} run {'passes' if run.get('passed') else 'fails too'}"
+              for name, run in report.get("runs", {}).items() if name != report["checked"]]
+    return f" ({'; '.join(others)})" if others else ""
+
+
 def format_report(report: dict) -> str:
     """A human-readable table of a verify report (for the CLI to print): every run,
     the checked one first and marked as the one the thresholds apply to."""

@@ -61,7 +61,7 @@ def emulated_bf16(dtype: str, int8_rest_dtype: Optional[str] = None,
     where OpenVINO 2026.4 emulates bf16: MiniLM ran at 0.03x float32 on an Intel Xeon
     with AVX-512 VNNI and no BF16 (BENCHMARKS.md); None where bf16 is native or unused."""
     from bertc.runtime import machine
-    if precision(dtype) != "bf16" and not (dtype == "int8" and int8_rest_dtype == "bfloat16"):
+    if inference_precision(dtype, int8_rest_dtype) != "bf16":
         return None
     isa = machine.isa_flags() if isa is None else isa
     if isa.get("avx512_bf16") or isa.get("amx_bf16"):
