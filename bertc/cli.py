@@ -429,7 +429,8 @@ def cmd_serve(args):
             intra_op_threads=FLAGS.intra_op_threads or 1,
             max_batch_delay_ms=FLAGS.max_batch_delay_ms, max_queue=FLAGS.max_queue,
             max_instances=FLAGS.max_instances, max_body_bytes=FLAGS.max_body_bytes,
-            paraphrase_threshold=FLAGS.paraphrase_threshold))
+            paraphrase_threshold=FLAGS.paraphrase_threshold,
+            skip_checksums=FLAGS.skip_checksums))
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
         grpc_port=FLAGS.grpc_port, parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,

@@ -313,5 +313,37 @@ def test_config_file_builder_takes_string_args_and_names_bad_ones(artifact):
         assert needle in str(raised.value), (args, str(raised.value))
 
 
+def test_skip_checksums_reaches_every_load_of_the_artifact(artifact, tmp_path):
+    """A copy whose vocab.txt differs from its recorded sha256: the Ray engine refuses
+    it naming the file, as `bertc serve` does, and with skip_checksums (a config file's
+    string or the flag's bool) builds the application."""
+    from ray.serve import Application
+    from bertc.errors import BertcError
+    copy = str(tmp_path / "copy")
+    shutil.copytree(artifact, copy)
+    with open(os.path.join(copy, "vocab.txt"), "a") as f:
+        f.write("appended\n")
+    with pytest.raises(BertcError, match=r"vocab.txt: sha256 differs.*`skip_checksums`"):
+        ray_engine.build_app({"model": copy})
+    for value in ("true", "1", True):
+        assert isinstance(ray_engine.build_app({"model": copy, "skip_checksums": value}),
+                          Application)
+    for value, needle in (("yes please", "`skip_checksums` 'yes please': expected true or "
+                           "false"), ("false", "vocab.txt: sha256 differs")):
+        with pytest.raises(BertcError) as raised:
+            ray_engine.build_app({"model": copy, "skip_checksums": value})
+        assert needle in str(raised.value)
+    # what the cluster builds from the bound options: the replica and the ingress load too
+    for skip in (False, True):
+        opts = ray_engine.RayServeOptions(model=copy, batching="serve", skip_checksums=skip)
+        for build in (lambda: ray_engine.ModelReplica(opts),
+                      lambda: ray_engine.Ingress(opts, None)):
+            if skip:
+                assert build().art.path == os.path.abspath(copy)
+            else:
+                with pytest.raises(BertcError, match="vocab.txt: sha256 differs"):
+                    build()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-x", "-q", "-s"]))

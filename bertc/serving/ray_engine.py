@@ -67,6 +67,7 @@ class RayServeOptions:
     max_ongoing_requests: Optional[int] = None  # per replica; default 2 x batch
     paraphrase_threshold: Optional[float] = None
     batching: str = "bertc"
+    skip_checksums: bool = False          # load without checking the files' sha256
 
     @classmethod
     def from_args(cls, args: Dict) -> "RayServeOptions":
@@ -84,6 +85,9 @@ class RayServeOptions:
                  "max_batch_delay_ms": float, "paraphrase_threshold": float}
         values = {}
         for name, value in args.items():
+            if name == "skip_checksums":
+                values[name] = _boolean(name, value)
+                continue
             try:
                 values[name] = kinds[name](value) if name in kinds and value is not None \
                     else value
@@ -92,6 +96,9 @@ class RayServeOptions:
         return cls(**values)
 
     def check(self) -> None:
+        if not isinstance(self.skip_checksums, bool):
+            raise BertcError(f"`skip_checksums` {self.skip_checksums!r}: expected true or "
+                             "false")
         for name in ("num_replicas", "intra_op_threads", "max_queue", "max_instances",
                      "max_body_bytes"):
             if getattr(self, name) < 1:
@@ -109,6 +116,18 @@ class RayServeOptions:
             raise BertcError(f"`replica_cpus` {self.replica_cpus}: expected >= 0")
 
 
+def _boolean(name: str, value) -> bool:
+    """A config file's true/false (a YAML bool, or the strings true/false/1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise BertcError(f"`{name}` {value!r}: expected true or false")
+
+
 # --- the model replica ----------------------------------------------------------------
 
 class ModelReplica:
@@ -117,7 +136,7 @@ class ModelReplica:
 
     def __init__(self, options: RayServeOptions):
         from bertc.serving import replica as replica_lib
-        self.art = artifact_lib.load_artifact(options.model)
+        self.art = artifact_lib.load_artifact(options.model, options.skip_checksums)
         factory = replica_lib.model_factory(self.art, 1)
         self.model = factory(self.art, options.intra_op_threads)
         self.batching = options.batching
@@ -175,7 +194,7 @@ class Ingress:
 
     def __init__(self, options: RayServeOptions, model_handle):
         self.options = options
-        self.art = artifact_lib.load_artifact(options.model)
+        self.art = artifact_lib.load_artifact(options.model, options.skip_checksums)
         self.name = options.model_name or self.art.default_name
         self.encoder = classify.TextEncoder(self.art)
         self.threshold, _ = artifact_lib.paraphrase_threshold(self.art,
@@ -313,7 +332,8 @@ def application(options: RayServeOptions):
     """The Serve application: Ingress bound to num_replicas BertcModel replicas."""
     serve = _serve()
     options.check()
-    art = artifact_lib.load_artifact(options.model)  # a bad path fails here, not in Ray
+    # a bad path (or a file whose sha256 differs) fails here, not in Ray
+    art = artifact_lib.load_artifact(options.model, options.skip_checksums)
     ongoing = options.max_ongoing_requests or 2 * art.batch_size
     model = serve.deployment(ModelReplica, name="BertcModel").options(
         num_replicas=options.num_replicas, max_ongoing_requests=ongoing,
@@ -349,7 +369,7 @@ def run(options: RayServeOptions) -> None:
     """`bertc serve --engine ray`: connects to (or starts) Ray, deploys, serves until
     SIGTERM or SIGINT, then deletes the application and, if it started Ray, stops it."""
     options.check()
-    artifact_lib.load_artifact(options.model)
+    artifact_lib.load_artifact(options.model, options.skip_checksums)
     serve = _serve()
     import ray
     started = options.ray_address is None
