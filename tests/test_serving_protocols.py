@@ -374,6 +374,85 @@ def test_full_queue_is_refused_and_held_requests_drain(artifact, offline):
         server.kill()
 
 
+# --- a gRPC client that cancels: its rows are dropped, the server keeps serving -----------
+
+def _metrics(url):
+    host, port = url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return text
+
+
+def test_cancelled_grpc_calls_drop_their_rows_and_count_as_cancelled(artifact, offline):
+    """3 rows of a TF Serving gRPC call (bucket 32) and 3 of a v2 gRPC call (bucket 64)
+    wait out a 10 s delay (batch 4); both clients cancel (grpc Future.cancel,
+    tritonclient's CallContext.cancel).  Each call is counted CANCELLED; then a 4-row
+    call per bucket fills a batch and is answered at once with the offline answer,
+    which only happens if the cancelled rows were dropped (else they would take the
+    batch and leave the new rows to wait out the delay); 8 real rows were run in all."""
+    import grpc
+    import tensorflow as tf
+    import tritonclient.grpc as triton_grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    server = Served(artifact, "--parallel", "1", "--max_batch_delay_ms", "10000",
+                    "--max_instances", "4")
+    try:
+        rng = np.random.default_rng(11)
+        channel = grpc.insecure_channel(server.grpc_target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = NAME
+        for name, array in random_request(rng, rows=3, length=20).items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+        tfs_call = stub.Predict.future(request, timeout=60)
+        triton = triton_grpc.InferenceServerClient(server.grpc_target)
+        inputs = []
+        for name, array in random_request(rng, rows=3, length=50).items():
+            tensor = triton_grpc.InferInput(name, list(array.shape), "INT32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        v2_call = triton.async_infer(NAME, inputs, callback=lambda result, error: None,
+                                     client_timeout=60)
+        waiting = ['bertc_queue_depth{seq_len="32"} 3.0', 'bertc_queue_depth{seq_len="64"} 3.0']
+        deadline = time.monotonic() + 30
+        while not all(w in _metrics(server.url) for w in waiting) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = _metrics(server.url)
+        assert all(w in text for w in waiting), [line for line in text.splitlines()
+                                                 if line.startswith("bertc_queue_depth")]
+        tfs_call.cancel()
+        v2_call.cancel()
+        for route in ("grpc_predict", "v2_grpc_infer"):
+            needle = f'bertc_requests_total{{route="{route}",status="CANCELLED"}} 1.0'
+            while needle not in _metrics(server.url) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert needle in _metrics(server.url), route
+        kept = [random_request(rng, rows=4, length=20), random_request(rng, rows=4, length=50)]
+        connection = pc.make("tfs_grpc", server.url, server.grpc_target)
+        got = []
+        for arrays in kept:
+            start = time.monotonic()
+            got.append(connection.infer(arrays))
+            assert time.monotonic() - start < 5  # a full batch of live rows, not the delay
+        connection.close()
+        expected = offline_embeddings(offline, kept)
+        for r in range(2):
+            for i in range(4):
+                np.testing.assert_allclose(got[r]["embedding"][i], expected[(r, i)], atol=ATOL)
+        text = _metrics(server.url)
+        for seq_len in (32, 64):
+            assert f'bertc_inferences_total{{seq_len="{seq_len}"}} 4.0' in text, seq_len
+        assert 'status="INTERNAL"' not in text
+        channel.close()
+        triton.close()
+        assert server.stop() == 0, "".join(server.lines[-20:])
+    finally:
+        server.kill()
+
+
 # --- bertc client --protocol: the same pairs, the same answers over every protocol -----
 
 def test_load_client_protocols_answer_as_classify(served, artifact):
