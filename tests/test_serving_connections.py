@@ -12,6 +12,7 @@
 
 import asyncio
 import os
+import re
 import select
 import signal
 import socket
@@ -74,6 +75,15 @@ def _read_response(sock):
 PING = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
+def _header_timeouts(url):
+    sock = _connect(url)
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    _, _, body = _read_response(sock)
+    sock.close()
+    match = re.search(rb"^bertc_header_timeouts_total (\S+)$", body, re.M)
+    return float(match.group(1))
+
+
 def test_header_timeout_closes_slow_and_silent_connections(artifact):
     config = ServerConfig(model=artifact, model_name=NAME, port=0, parallel=1,
                           header_timeout_s=1.0, keepalive_timeout_s=30.0)
@@ -92,6 +102,7 @@ def test_header_timeout_closes_slow_and_silent_connections(artifact):
         assert drip_closed is not None and 0.8 < drip_closed < 2.5, drip_closed
         for sock in (silent, partial):
             assert 0.8 < _closed_at(sock) - start < 3.0
+        assert _header_timeouts(url) == 3.0  # each one counted for the operator
 
         # a normal keep-alive connection: idle between requests longer than the header
         # time-out (the keep-alive time-out governs idle time), then its next request
@@ -109,6 +120,7 @@ def test_header_timeout_closes_slow_and_silent_connections(artifact):
         sent = time.monotonic()
         sock.sendall(PING[:10])
         assert 0.8 < _closed_at(sock) - sent < 2.5
+        assert _header_timeouts(url) == 4.0
 
 
 def test_keepalive_timeout_closes_an_idle_connection(artifact):

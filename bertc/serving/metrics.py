@@ -10,6 +10,9 @@ Prometheus (prometheus-client, one registry per server):
   bertc_queue_depth{seq_len}                  rows waiting (read at scrape time)
   bertc_nonfinite_outputs_total{output}       requests refused (500) because an output
                                               held NaN or Inf (a corrupted model)
+  bertc_header_timeouts_total                 connections closed because a request's
+                                              headers did not arrive within
+                                              header_timeout_s (no status is sent)
 The log line, once a second and only when there was traffic (buckets listed when
 more than one ran):
   212.0 inferences/s in 53 batches (fill 0.98); queue 3; 106 requests, latency p50
@@ -53,6 +56,9 @@ class ServerMetrics:
         self.nonfinite = prom.Counter("bertc_nonfinite_outputs", "Requests answered 500 "
                                       "because an output held NaN or Inf", ["output"],
                                       registry=r)
+        self.header_timeouts = prom.Counter(
+            "bertc_header_timeouts", "Connections closed because a request's headers did "
+            "not arrive within header_timeout_s", registry=r)
         for seq_len in seq_lens:
             label = str(seq_len)
             self.inferences.labels(label)

@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 from http import HTTPStatus
-from typing import Optional
+from typing import Callable, Optional
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -39,6 +39,7 @@ LINGER_S = 2.0  # after the FIN of a drained idle connection, read and drop this
 
 class ConnectionHandler(RequestHandler):
     header_timeout_s: Optional[float] = None  # set per server (JsonErrorRunner)
+    on_header_timeout: Optional[Callable[[], None]] = None  # counts it (JsonErrorRunner)
     _header_timer: Optional[asyncio.TimerHandle] = None
 
     def handle_error(self, request, status=500, exc=None, message=None):
@@ -90,6 +91,8 @@ class ConnectionHandler(RequestHandler):
             logger.info("closing a connection from %s: request headers not received "
                         "within %g s (`header_timeout_s`)",
                         self.transport.get_extra_info("peername"), self.header_timeout_s)
+            if self.on_header_timeout is not None:
+                self.on_header_timeout()
             self.force_close()
 
     # --- drain ---------------------------------------------------------------------
@@ -127,24 +130,29 @@ async def drain_connections(server: web.Server, idle_s: float, timeout_s: float)
 
 class _Server(web.Server):
     header_timeout_s: Optional[float] = None
+    on_header_timeout: Optional[Callable[[], None]] = None
 
     def __call__(self) -> RequestHandler:
         handler = ConnectionHandler(self, loop=self._loop, **self._kwargs)
         handler.header_timeout_s = self.header_timeout_s
+        handler.on_header_timeout = self.on_header_timeout
         return handler
 
 
 class JsonErrorRunner(web.AppRunner):
     """web.AppRunner whose connections are ConnectionHandlers (see the module
-    docstring); `header_timeout_s`: None for none."""
+    docstring); `header_timeout_s`: None for none; `on_header_timeout()` is called for
+    each connection the header time-out closes (the server counts them)."""
 
     def __init__(self, app: web.Application, *, header_timeout_s: Optional[float] = None,
-                 **kwargs):
+                 on_header_timeout: Optional[Callable[[], None]] = None, **kwargs):
         super().__init__(app, **kwargs)
         self._header_timeout_s = header_timeout_s
+        self._on_header_timeout = on_header_timeout
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # same state; only __call__ differs
         server.header_timeout_s = self._header_timeout_s
+        server.on_header_timeout = self._on_header_timeout
         return server

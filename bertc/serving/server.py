@@ -213,7 +213,8 @@ class Server:
         self._runner = protocol.JsonErrorRunner(
             application, handle_signals=False, access_log=None,
             shutdown_timeout=cfg.shutdown_timeout_s, handler_cancellation=True,
-            keepalive_timeout=cfg.keepalive_timeout_s, header_timeout_s=cfg.header_timeout_s)
+            keepalive_timeout=cfg.keepalive_timeout_s, header_timeout_s=cfg.header_timeout_s,
+            on_header_timeout=self.metrics.header_timeouts.inc)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, backlog=1024)
         try:
