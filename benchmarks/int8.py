@@ -121,7 +121,6 @@ def torch_fn(model):
 
 def run_model(name, args, workdir):
     import openvino as ov
-    import nncf
     buckets = tuple(sorted(int(s) for s in args.buckets.split(",")))
     cores = os.cpu_count() or 1
     ckpt_dir = throughput.checkpoint_for(name, workdir)
@@ -170,11 +169,7 @@ def run_model(name, args, workdir):
             accuracy[label] = paraphrase_accuracy(fn, side_a, side_b, labels, threshold,
                                                   False, buckets)
     fp32_path = throughput.export_onnx(model, trimmed[0], os.path.join(workdir, f"{name}.onnx"))
-    hf_ov = ov.Core().read_model(fp32_path)
-    calib = [[b[k].astype(np.int64) for k in ovb.INPUTS]
-             for b in (padding_free.trimmed(c) for c in calibration)]
-    hf_int8 = nncf.quantize(hf_ov, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
-                            subset_size=len(calib))
+    hf_int8 = ovb.nncf_default(fp32_path, calibration)
     peers = {"OV+NNCF default (HF)": ovb.ov_hf_fn(ov.Core().compile_model(hf_int8, "CPU"))}
     from onnxruntime.quantization import QuantType, quantize_dynamic
     int8_path = os.path.join(workdir, f"{name}_int8.onnx")

@@ -57,7 +57,6 @@ def main():
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    import nncf
     import openvino as ov
     print(machine.header(), flush=True)
     with tempfile.TemporaryDirectory() as work:
@@ -74,11 +73,7 @@ def main():
         onnx = throughput.export_onnx(model, padding_free.trimmed(every[0]),
                                       os.path.join(work, "hf.onnx"))
         core = ov.Core()
-        calibration = [[b[k].astype(np.int64) for k in ovb.INPUTS]
-                       for b in (padding_free.trimmed(c) for c in every[:CALIBRATION // BATCH])]
-        hf_int8 = nncf.quantize(core.read_model(onnx), nncf.Dataset(calibration),
-                                model_type=nncf.ModelType.TRANSFORMER,
-                                subset_size=len(calibration))
+        hf_int8 = ovb.nncf_default(onnx, every[:CALIBRATION // BATCH])
         props = target.compile_properties("f32", 1, os.cpu_count())
         full = padding_free.full_length(every[CALIBRATION // BATCH:][:1])[0]
         stacks = {

@@ -89,6 +89,18 @@ def ov_bucket_fn(artifact, buckets, precision, threads):
     return lambda b: request[b["input_ids"].shape[1]](b)
 
 
+def nncf_default(onnx_path, calibration):
+    """OpenVINO + NNCF's default recipe on the HF model's ONNX export, as NNCF's docs
+    show it: nncf.quantize(model_type=TRANSFORMER) calibrated on the `calibration`
+    batches (each trimmed to its longest row, int64 as the export takes them)."""
+    import nncf
+    import openvino as ov
+    batches = [[b[k].astype(np.int64) for k in INPUTS]
+               for b in (padding_free.trimmed(c) for c in calibration)]
+    return nncf.quantize(ov.Core().read_model(onnx_path), nncf.Dataset(batches),
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+
+
 def ov_hf_fn(compiled):
     request = compiled.create_infer_request()
 
