@@ -29,6 +29,22 @@ def make(protocol: str, url: str, grpc_target: str):
             "rest": Rest}[protocol](url, grpc_target)
 
 
+def tfs_predict_request(arrays, model="tiny", version=None, signature=None, outputs=None):
+    """A TF Serving PredictRequest of {input name: array} (tf.make_tensor_proto)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = int(version)
+    if signature is not None:
+        request.model_spec.signature_name = signature
+    for name, array in arrays.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+    request.output_filter.extend(outputs or [])
+    return request
+
+
 class TfsGrpc:
     def __init__(self, url, grpc_target):
         import grpc
@@ -39,16 +55,7 @@ class TfsGrpc:
     def infer(self, arrays, model="tiny", version=None, signature=None, outputs=None):
         import grpc
         import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        if version is not None:
-            request.model_spec.version.value = int(version)
-        if signature is not None:
-            request.model_spec.signature_name = signature
-        for name, array in arrays.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
-        request.output_filter.extend(outputs or [])
+        request = tfs_predict_request(arrays, model, version, signature, outputs)
         try:
             response = self._stub.Predict(request, timeout=60)
         except grpc.RpcError as e:
@@ -59,7 +66,8 @@ class TfsGrpc:
         self._channel.close()
 
 
-def _triton_inputs(module, arrays):
+def triton_inputs(module, arrays):
+    """tritonclient InferInputs (http or grpc `module`) of {input name: array}."""
     inputs = []
     for name, array in arrays.items():
         tensor = module.InferInput(name, list(array.shape),
@@ -81,7 +89,7 @@ class V2Http:
         m = self._module
         requested = [m.InferRequestedOutput(n) for n in outputs] if outputs else None
         try:
-            result = self._client.infer(model, _triton_inputs(m, arrays),
+            result = self._client.infer(model, triton_inputs(m, arrays),
                                         model_version=version or "", outputs=requested)
         except InferenceServerException as e:
             raise Refused(int(e.status()), e.message()) from None
@@ -103,7 +111,7 @@ class V2Grpc:
         m = self._module
         requested = [m.InferRequestedOutput(n) for n in outputs] if outputs else None
         try:
-            result = self._client.infer(model, _triton_inputs(m, arrays),
+            result = self._client.infer(model, triton_inputs(m, arrays),
                                         model_version=version or "", outputs=requested,
                                         client_timeout=60)
         except InferenceServerException as e:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import bertc_testing as bt
-from test_serving import ATOL, NAME, bucket_of, predict_row
+from test_serving import ATOL, NAME, bucket_of, predict_row, request
 from test_serving_support import OfflineModel, tiny_artifact
 
 from bertc.serving.server import BackgroundServer, ServerConfig
@@ -76,12 +76,8 @@ PING = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def _header_timeouts(url):
-    sock = _connect(url)
-    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    _, _, body = _read_response(sock)
-    sock.close()
-    match = re.search(rb"^bertc_header_timeouts_total (\S+)$", body, re.M)
-    return float(match.group(1))
+    metrics = request(url, "GET", "/metrics")[2]
+    return float(re.search(r"^bertc_header_timeouts_total (\S+)$", metrics, re.M).group(1))
 
 
 def test_header_timeout_closes_slow_and_silent_connections(artifact):

@@ -22,6 +22,7 @@ import pytest
 
 import bertc_testing as bt
 import protocol_clients as pc
+from test_serving import request as http_request
 from test_serving_support import OfflineModel, tiny_artifact
 
 NAME = "tiny"
@@ -377,12 +378,7 @@ def test_full_queue_is_refused_and_held_requests_drain(artifact, offline):
 # --- a gRPC client that cancels: its rows are dropped, the server keeps serving -----------
 
 def _metrics(url):
-    host, port = url[len("http://"):].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    return text
+    return http_request(url, "GET", "/metrics")[2]
 
 
 def test_cancelled_grpc_calls_drop_their_rows_and_count_as_cancelled(artifact, offline):
@@ -393,28 +389,20 @@ def test_cancelled_grpc_calls_drop_their_rows_and_count_as_cancelled(artifact, o
     which only happens if the cancelled rows were dropped (else they would take the
     batch and leave the new rows to wait out the delay); 8 real rows were run in all."""
     import grpc
-    import tensorflow as tf
     import tritonclient.grpc as triton_grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
     server = Served(artifact, "--parallel", "1", "--max_batch_delay_ms", "10000",
                     "--max_instances", "4")
     try:
         rng = np.random.default_rng(11)
         channel = grpc.insecure_channel(server.grpc_target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = NAME
-        for name, array in random_request(rng, rows=3, length=20).items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
-        tfs_call = stub.Predict.future(request, timeout=60)
+        tfs_call = stub.Predict.future(
+            pc.tfs_predict_request(random_request(rng, rows=3, length=20), NAME), timeout=60)
         triton = triton_grpc.InferenceServerClient(server.grpc_target)
-        inputs = []
-        for name, array in random_request(rng, rows=3, length=50).items():
-            tensor = triton_grpc.InferInput(name, list(array.shape), "INT32")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        v2_call = triton.async_infer(NAME, inputs, callback=lambda result, error: None,
-                                     client_timeout=60)
+        v2_call = triton.async_infer(
+            NAME, pc.triton_inputs(triton_grpc, random_request(rng, rows=3, length=50)),
+            callback=lambda result, error: None, client_timeout=60)
         waiting = ['bertc_queue_depth{seq_len="32"} 3.0', 'bertc_queue_depth{seq_len="64"} 3.0']
         deadline = time.monotonic() + 30
         while not all(w in _metrics(server.url) for w in waiting) and \
