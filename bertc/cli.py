@@ -127,6 +127,9 @@ flags.DEFINE_string("tensorboard", None, "inspect: write the graphs before and a
                     "rewrites (weights stripped) for TensorBoard into this directory.")
 flags.DEFINE_bool("skip_checksums", False, "serve/verify: use the artifact without checking "
                   "its files against the sha256 recorded at build (logged as a warning).")
+flags.DEFINE_bool("skip_probe", False, "serve: answer without first running the probe the "
+                  "build kept (verify's rows and the fp32 reference's outputs on them) and "
+                  "holding the outputs on this CPU to verify's bounds (logged as a warning).")
 flags.DEFINE_bool("per_pass", False, "verify: also apply the artifact's rewrites one at a "
                   "time and print the error after each.")
 # Serve.
@@ -265,7 +268,8 @@ COMMANDS = {
         "serve an artifact over HTTP (TF Serving's REST API, KServe v2, :classify for "
         "text) and, with --grpc_port, gRPC (TF Serving's PredictionService, KServe v2)",
         "bertc serve --model ARTIFACT [flags]",
-        (("model", ("model", "model_name", "paraphrase_threshold", "skip_checksums")),
+        (("model", ("model", "model_name", "paraphrase_threshold", "skip_checksums",
+                    "skip_probe")),
          ("network", ("host", "port", "grpc_port", "max_body_bytes", "max_instances",
                       "header_timeout_s",
                       "body_timeout_s", "keepalive_timeout_s")),
@@ -430,7 +434,7 @@ def cmd_serve(args):
             max_batch_delay_ms=FLAGS.max_batch_delay_ms, max_queue=FLAGS.max_queue,
             max_instances=FLAGS.max_instances, max_body_bytes=FLAGS.max_body_bytes,
             paraphrase_threshold=FLAGS.paraphrase_threshold,
-            skip_checksums=FLAGS.skip_checksums))
+            skip_checksums=FLAGS.skip_checksums, skip_probe=FLAGS.skip_probe))
     server.run(server.ServerConfig(
         model=FLAGS.model, model_name=FLAGS.model_name, host=FLAGS.host, port=FLAGS.port,
         grpc_port=FLAGS.grpc_port, parallel=FLAGS.parallel, intra_op_threads=FLAGS.intra_op_threads,
@@ -439,7 +443,8 @@ def cmd_serve(args):
         max_queue=FLAGS.max_queue, max_instances=FLAGS.max_instances,
         max_body_bytes=FLAGS.max_body_bytes, body_timeout_s=FLAGS.body_timeout_s,
         keepalive_timeout_s=FLAGS.keepalive_timeout_s, header_timeout_s=FLAGS.header_timeout_s,
-        paraphrase_threshold=FLAGS.paraphrase_threshold, skip_checksums=FLAGS.skip_checksums))
+        paraphrase_threshold=FLAGS.paraphrase_threshold, skip_checksums=FLAGS.skip_checksums,
+        skip_probe=FLAGS.skip_probe))
 
 
 def cmd_client(args):

@@ -133,6 +133,31 @@ def test_calibration_and_verify_splits_are_disjoint_and_checksummed(int8_artifac
     assert not texts & {(p.text_a, p.text_b) for p in pairs[CALIBRATION:CALIBRATION + HELD_OUT]}
 
 
+
+def test_the_probe_is_held_out_rows_never_calibration_rows(int8_artifact):
+    """The rows `bertc serve` holds an int8 artifact to are held-out ones: a probe
+    the quantizer saw would prove nothing."""
+    from bertc.artifact import probe
+    from bertc.text.tokenization import WordPieceTokenizer
+    _, pairs = _mrpc()
+    doc = _manifest(int8_artifact)
+    (entry,) = doc["models"]
+    assert entry["probe"]["source"] == doc["target"]["openvino"]["int8"]["splits"][
+        "held_out"]["path"]
+    feeds, rows, _ = probe.read(int8_artifact, entry["probe"])
+    assert rows == BATCH
+    tokenizer = WordPieceTokenizer.from_vocab_file(os.path.join(int8_artifact, "vocab.txt"),
+                                                   do_lower_case=True)
+
+    def row_set(chunk):
+        ids = tokenizer.encode_batch([(p.text_a, p.text_b) for p in chunk], SEQ)["input_ids"]
+        return {tuple(r) for r in ids}
+
+    probe_rows = {tuple(r) for r in feeds["input_ids"][:rows]}
+    assert probe_rows <= row_set(pairs[CALIBRATION:CALIBRATION + HELD_OUT])
+    assert not probe_rows & row_set(pairs[:CALIBRATION])
+
+
 def test_a_bound_no_int8_model_meets_is_one_line_and_no_artifact(minilm_ckpt, tmp_path):
     out = tmp_path / "refused"
     result = bt.run_cli("build", "--ckpt", minilm_ckpt, "--output", out, "--target",

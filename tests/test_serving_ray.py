@@ -12,6 +12,7 @@ error, a timeout, another status).
 """
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -343,6 +344,29 @@ def test_skip_checksums_reaches_every_load_of_the_artifact(artifact, tmp_path):
             else:
                 with pytest.raises(BertcError, match="vocab.txt: sha256 differs"):
                     build()
+
+
+def test_each_replica_runs_the_probe_and_skip_probe_reaches_it(minilm_artifact, tmp_path):
+    """A replica holds the build's probe to verify's bounds on its own node (here: the
+    probe's reference rows reversed, checksums skipped so the probe is what catches it);
+    skip_probe, from a config file's string too, lets it load."""
+    from bertc.errors import BertcError, CheckFailed
+    copy = str(tmp_path / "minilm")
+    shutil.copytree(minilm_artifact, copy)
+    with open(os.path.join(copy, "bertc.json"), encoding="utf-8") as f:
+        (entry,) = json.load(f)["models"]
+    path = os.path.join(copy, *entry["probe"]["path"].split("/"), "embedding.npy")
+    np.save(path, np.load(path)[::-1])
+    opts = ray_engine.RayServeOptions(model=copy, batching="serve", skip_checksums=True)
+    with pytest.raises(CheckFailed, match=r"seq \d+ probe .*min cosine.*`skip_probe`"):
+        ray_engine.ModelReplica(opts)
+    parsed = ray_engine.RayServeOptions.from_args({"model": copy, "batching": "serve",
+                                                   "skip_checksums": "true",
+                                                   "skip_probe": "true"})
+    assert parsed.skip_probe is True
+    assert ray_engine.ModelReplica(parsed).art.path == os.path.abspath(copy)
+    with pytest.raises(BertcError, match="`skip_probe` 'maybe': expected true or false"):
+        ray_engine.RayServeOptions.from_args({"model": copy, "skip_probe": "maybe"})
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ Stages, each logged with its time and peak memory:
   freeze   the traced GraphDef, weights detached (kept as the checkpoint's arrays)
   rewrite  run the pass pipeline (rewrites/)
   export   write the SavedModel (and compile it for the target)
-  verify   compare the written SavedModel with the unrewritten reference
+  verify   compare the written SavedModel with the unrewritten reference, and keep
+           a probe of the rows it agreed on (bertc.artifact.probe)
 Artifact layout (written to a temporary sibling and renamed into place):
   ARTIFACT/bertc.json          the manifest (with the sha256 of every other file)
   ARTIFACT/vocab.txt           the tokenizer's vocabulary
   ARTIFACT/seq_<S>/1/          one SavedModel per sequence length (TF Serving layout)
   ARTIFACT/neuron/seq_<S>/1/   the Neuron-compiled SavedModel (--target neuron)
   ARTIFACT/openvino/seq_<S>/   model.xml + model.bin, OpenVINO IR (--target openvino)
+  ARTIFACT/probe/seq_<S>/      verify's probe: inputs and the reference's outputs (.npy)
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ from bertc import atomic
 from bertc import passes as rewriting
 from bertc.artifact import checksums
 from bertc.artifact import manifest
+from bertc.artifact import probe
 from bertc.artifact import saved_model_writer as export
 from bertc.builder.stages import StageLog
 from bertc.errors import BertcError, CheckFailed
@@ -303,6 +306,11 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                     features, source = features_lib.text_features(
                         options.verify_data, ckpt.vocab_file, lower, seq_len,
                         options.verify_rows)
+                def keep_probe(batch, outputs, stats, text_source, seq_len=seq_len,
+                               entry=entry):
+                    entry["probe"] = probe.write(tmp, seq_len, batch.feeds, batch.real_rows,
+                                                 outputs, text_source, stats)
+
                 verify_reports[str(seq_len)] = verify_lib.verify_runners(
                     verify_runs.artifact_runs(tmp, entry, inference),
                     # read from disk again, alive only while it runs
@@ -310,14 +318,15 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                         source_of(options), head, options.batch_size, seq_len)),
                     options.batch_size, seq_len, features,
                     config.vocab_size, config.type_vocab_size, thresholds,
-                    text_source=source, checked_sets=("text",) if int8 else None)
+                    text_source=source, checked_sets=("text",) if int8 else None,
+                    on_probe=keep_probe)
     shutil.copyfile(ckpt.vocab_file, os.path.join(tmp, "vocab.txt"))
     doc = manifest.make_manifest(
         options=options, source=ckpt.source, config=config, head=head,
         num_labels=num_labels, do_lower_case=lower, passes=passes, exact=exact,
         rewrite_reports=rewrite_reports, models=models, thresholds=thresholds,
         compile_calls=compile_calls, verify_reports=verify_reports, stages=log.stages,
-        hints=ckpt.hints)
+        hints=ckpt.hints, built_on=machine.describe())
     if options.target == "openvino":
         doc["target"]["openvino"] = openvino_target.target_record(
             options.dtype, dtype_source, inference, options.int8_rest_dtype)

@@ -36,7 +36,7 @@ import numpy as np
 
 from bertc.errors import BertcError
 from bertc.serving import artifact as artifact_lib
-from bertc.serving import classify, defaults, predict
+from bertc.serving import classify, defaults, predict, probe
 from bertc.serving.batcher import Batch, BatcherClosed, QueueFull, Row
 from bertc.serving.validation import InputError, parse_json
 
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "bertc"
 BATCHING = ("bertc", "serve")
+#: The options that are true or false (a config file's YAML bool or "true"/"false").
+BOOLEANS = ("skip_checksums", "skip_probe")
 RETRY_AFTER_S = "1"
 _VERBS = ("predict", "classify")
 
@@ -68,6 +70,7 @@ class RayServeOptions:
     paraphrase_threshold: Optional[float] = None
     batching: str = "bertc"
     skip_checksums: bool = False          # load without checking the files' sha256
+    skip_probe: bool = False              # replicas serve without running the probe
 
     @classmethod
     def from_args(cls, args: Dict) -> "RayServeOptions":
@@ -85,7 +88,7 @@ class RayServeOptions:
                  "max_batch_delay_ms": float, "paraphrase_threshold": float}
         values = {}
         for name, value in args.items():
-            if name == "skip_checksums":
+            if name in BOOLEANS:
                 values[name] = _boolean(name, value)
                 continue
             try:
@@ -96,9 +99,9 @@ class RayServeOptions:
         return cls(**values)
 
     def check(self) -> None:
-        if not isinstance(self.skip_checksums, bool):
-            raise BertcError(f"`skip_checksums` {self.skip_checksums!r}: expected true or "
-                             "false")
+        for name in BOOLEANS:
+            if not isinstance(getattr(self, name), bool):
+                raise BertcError(f"`{name}` {getattr(self, name)!r}: expected true or false")
         for name in ("num_replicas", "intra_op_threads", "max_queue", "max_instances",
                      "max_body_bytes"):
             if getattr(self, name) < 1:
@@ -139,6 +142,8 @@ class ModelReplica:
         self.art = artifact_lib.load_artifact(options.model, options.skip_checksums)
         factory = replica_lib.model_factory(self.art, 1)
         self.model = factory(self.art, options.intra_op_threads)
+        # each replica proves the artifact on its own node's CPU and runtime
+        probe.check(self.model, self.art, options.skip_probe)
         self.batching = options.batching
         delay_s = options.max_batch_delay_ms / 1000.0
         if self.batching == "bertc":

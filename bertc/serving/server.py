@@ -1,6 +1,8 @@
 """The server: artifact + batcher + replicas + HTTP, and its life cycle.
 
-  start:    load the artifact, N replicas (each warms every bucket), bind the port
+  start:    load the artifact, N replicas (each warms every bucket), run the build's
+            probe of every bucket (probe.py: refuses to serve outside verify's bounds),
+            bind the port
             (and --grpc_port: TF Serving gRPC + KServe v2 gRPC, protocols/grpc_server.py)
   serve:    handlers -> Batcher -> replicas; a per-second traffic log line
   shutdown: (SIGTERM/SIGINT) stop listening; requests read from then on get 503 +
@@ -34,6 +36,7 @@ from bertc.serving import app as app_lib
 from bertc.serving import artifact as artifact_lib
 from bertc.serving import defaults
 from bertc.serving import metrics as metrics_lib
+from bertc.serving import probe
 from bertc.serving import protocol
 from bertc.serving import replica as replica_lib
 from bertc.serving.batcher import Batch, Batcher
@@ -62,6 +65,7 @@ class ServerConfig:
     keepalive_timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S
     header_timeout_s: float = defaults.HEADER_TIMEOUT_S
     skip_checksums: bool = False  # serve without checking the files' recorded sha256
+    skip_probe: bool = False      # serve without running the build's probe (probe.py)
     paraphrase_threshold: Optional[float] = None
     shutdown_timeout_s: float = 60.0
     drain_idle_s: float = defaults.DRAIN_IDLE_S  # idle connections open after the stop
@@ -178,6 +182,13 @@ class Server:
                     self.artifact.batch_size, ",".join(map(str, self.artifact.seq_lens)),
                     config.parallel, threads, time.monotonic() - start,
                     "" if model_factory else f"; {engine(self.artifact)}")
+        # the replicas share one artifact, runtime and CPU: one of them proves it here
+        try:
+            self.probe = probe.check(models[0], self.artifact, config.skip_probe)
+        except BaseException:
+            for model in models:  # nothing serves them: free their memory now
+                getattr(model, "close", lambda: None)()
+            raise
         self.replicas = replica_lib.start_replicas(models, self.batcher, self._on_batch)
         self._runner: Optional[web.AppRunner] = None
         self._grpc = None  # grpc.aio.Server when config.grpc_port is set

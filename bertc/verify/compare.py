@@ -3,16 +3,9 @@
 Both models are run on the same inputs: (a) real text, pairs tokenized from an
 MRPC-format TSV or a plain text file, and (b) random ids with random valid masks
 (each row a random real length, the rest padding). Per output the report gives
-  max_abs   = max |a - r|
-  max_rel   = max |a - r| / max |r|              (normwise)
-  min_cos   = min over rows of cos(a_row, r_row)
-  argmax    = fraction of rows whose argmax agrees (logits, probabilities)
-`sequence_output`, `start_logits` and `end_logits` are compared at real (mask = 1)
-positions only (padding positions read 0 in both), and a span head also reports
-`answer`: the fraction of windows whose best span (bertc.text.question_answering
-.best_window_span over the real positions) is the same in both. Batches are
-filled to the static batch size with all-padding dummy rows, whose results are
-dropped, as a server does.
+max_abs, max_rel, min_cos and, for logits, argmax agreement (bertc.runtime.agreement
+states them). Batches are filled to the static batch size with all-padding dummy
+rows, whose results are dropped, as a server does.
 
 The artifact is run twice (bertc.runtime.runner): `served`, exactly as `bertc serve`
 runs it (weights as constants, Grappler's optimizers and the oneDNN remapper on,
@@ -20,40 +13,25 @@ the server's thread settings), and `as_written` (Grappler off, weights fed).
 The thresholds apply to the served run, what users get; the as-written run shows
 what the graph itself computes, so a gap between the two is Grappler's doing.
 The reference is always run as written.
+
+A build also keeps a probe of each bucket (bertc.artifact.probe): one batch of the
+text rows the checked run agreed on, with the reference's outputs on them, which
+`bertc serve` runs again on the CPU it serves from.
 """
 
-import dataclasses
 import logging
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from bertc.errors import BertcError
+# The statistics and batches live below verify, where `bertc serve` can use them too;
+# they are verify's vocabulary, so its callers keep reaching them here.
+from bertc.runtime.agreement import (  # noqa: F401
+    Batch, SPAN_OUTPUTS, agreeing_rows, check, compare_results, pad_rows)
 
 #: Thresholds of an exact build (fp32, only exact rewrites); approximate passes set
 #: their own (bertc.rewriting.APPROXIMATE_THRESHOLDS).
 EXACT = {"max_abs": 1e-4, "min_cos": 0.99999, "argmax": 1.0}
-
-
-@dataclasses.dataclass
-class Batch:
-    feeds: Dict[str, np.ndarray]   # int32 [B, S] each
-    real_rows: int                 # rows before the dummy padding rows
-
-
-def pad_rows(features: Dict[str, np.ndarray], batch_size: int) -> List[Batch]:
-    """Cuts [N, S] features into [batch_size, S] batches, padding the last one."""
-    n = len(features["input_ids"])
-    batches = []
-    for start in range(0, n, batch_size):
-        real = min(batch_size, n - start)
-        feeds = {}
-        for name, value in features.items():
-            chunk = value[start:start + real]
-            pad = np.zeros((batch_size - real,) + chunk.shape[1:], np.int32)
-            feeds[name] = np.concatenate([chunk, pad]).astype(np.int32)
-        batches.append(Batch(feeds, real))
-    return batches
 
 
 def random_features(rows: int, seq_len: int, vocab_size: int, type_vocab_size: int = 2,
@@ -71,30 +49,6 @@ def random_features(rows: int, seq_len: int, vocab_size: int, type_vocab_size: i
     return {"input_ids": ids * mask, "input_mask": mask, "segment_ids": segments}
 
 
-SPAN_OUTPUTS = ("start_logits", "end_logits")
-
-
-def _compare(name: str, a: np.ndarray, r: np.ndarray, mask: np.ndarray) -> dict:
-    if name == "sequence_output":
-        keep = mask.astype(bool)
-        a, r = a[keep], r[keep]                                 # [real tokens, D]
-    elif name in SPAN_OUTPUTS:
-        a, r = a * mask, r * mask                               # [rows, S], 0 at padding
-    else:
-        a, r = a.reshape(len(a), -1), r.reshape(len(r), -1)   # [rows, ...]
-    diff = np.abs(a.astype(np.float64) - r.astype(np.float64))
-    scale = float(np.max(np.abs(r))) or 1.0
-    num = np.sum(a.astype(np.float64) * r, axis=-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(r, axis=-1)
-    both_zero = (np.linalg.norm(a, axis=-1) == 0) & (np.linalg.norm(r, axis=-1) == 0)
-    cos = np.where(both_zero, 1.0, num / np.maximum(den, 1e-30))
-    result = {"max_abs": float(diff.max(initial=0.0)), "max_rel": float(diff.max(initial=0.0)) / scale,
-              "min_cos": float(cos.min(initial=1.0)), "mean_cos": float(cos.mean()) if len(cos) else 1.0}
-    if name in ("logits", "probabilities"):
-        result["argmax"] = float(np.mean(np.argmax(a, -1) == np.argmax(r, -1)))
-    return result
-
-
 def run_all(runner_factory, batches: List[Batch]) -> List[Dict[str, np.ndarray]]:
     """Outputs of one runner for every batch; the runner is closed afterwards."""
     runner = runner_factory()
@@ -105,46 +59,6 @@ def run_all(runner_factory, batches: List[Batch]) -> List[Dict[str, np.ndarray]]
         if close:
             close()
 
-
-def compare_results(got: List[Dict[str, np.ndarray]], want: List[Dict[str, np.ndarray]],
-                    batches: List[Batch]) -> dict:
-    """Per-output error statistics of the artifact's outputs `got` against the
-    reference's `want`, one dict per batch (dummy rows already cut)."""
-    mask = np.concatenate([b.feeds["input_mask"][:b.real_rows] for b in batches])
-    report = {}
-    for name in want[0]:
-        if name not in got[0]:
-            raise BertcError(f"artifact has no output '{name}'; expected the outputs "
-                             f"{', '.join(sorted(want[0]))}")
-        report[name] = _compare(name, np.concatenate([g[name] for g in got]),
-                                np.concatenate([w[name] for w in want]), mask)
-    if all(n in want[0] for n in SPAN_OUTPUTS):
-        got_spans, want_spans = _best_span(got, mask), _best_span(want, mask)
-        report["end_logits"]["answer"] = float(np.mean([g == w for g, w
-                                                        in zip(got_spans, want_spans)]))
-    return report
-
-
-def _best_span(outputs, mask) -> list:
-    """Each window's best (start, end) over its real positions."""
-    from bertc.text import question_answering as qa
-    start = np.concatenate([o["start_logits"] for o in outputs])
-    end = np.concatenate([o["end_logits"] for o in outputs])
-    return [qa.best_window_span(s, e, m) for s, e, m in zip(start, end, mask)]
-
-
-def check(report: Dict[str, dict], thresholds: dict) -> List[str]:
-    """The threshold violations of a per-output report, as readable lines."""
-    failures = []
-    for output, stats in report.items():
-        if thresholds.get("max_abs") is not None and output != "probabilities" \
-                and stats["max_abs"] > thresholds["max_abs"]:
-            failures.append(f"{output}: max_abs {stats['max_abs']:.3g} > {thresholds['max_abs']:g}")
-        if stats["min_cos"] < thresholds["min_cos"]:
-            failures.append(f"{output}: min cosine {stats['min_cos']:.6f} < {thresholds['min_cos']}")
-        if "argmax" in stats and stats["argmax"] < thresholds["argmax"]:
-            failures.append(f"{output}: argmax agreement {stats['argmax']:.4f} < {thresholds['argmax']}")
-    return failures
 
 
 def input_sets(text_features, text_source, seq_len: int, vocab_size: int,
@@ -157,10 +71,29 @@ def input_sets(text_features, text_source, seq_len: int, vocab_size: int,
     return sets
 
 
+def probe_batch(features: Dict[str, np.ndarray], got: List[Dict[str, np.ndarray]],
+                want: List[Dict[str, np.ndarray]], batch_size: int):
+    """(Batch, reference outputs, checked run's statistics) of a bucket's probe: the
+    first `batch_size` rows of `features` [N, S] on which the checked run's outputs
+    `got` agreed with the reference's `want` (agreeing_rows: the same argmax), as one
+    batch padded with dummy rows, the reference's outputs on its real rows, and
+    compare_results of the checked run on them; None when no row agreed."""
+    got_rows = {k: np.concatenate([g[k] for g in got]) for k in got[0]}
+    want_rows = {k: np.concatenate([w[k] for w in want]) for k in want[0]}
+    keep = np.flatnonzero(agreeing_rows(got_rows, want_rows))[:batch_size]
+    if not len(keep):
+        return None
+    batch = pad_rows({k: v[keep] for k, v in features.items()}, batch_size)[0]
+    want_kept = {k: v[keep] for k, v in want_rows.items()}
+    stats = compare_results([{k: v[keep] for k, v in got_rows.items()}], [want_kept], [batch])
+    return batch, want_kept, stats
+
+
 def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                    text_features: Optional[Dict[str, np.ndarray]], vocab_size: int,
                    type_vocab_size: int, thresholds: dict, random_rows: int = 32,
-                   text_source: str = None, checked_sets=None) -> dict:
+                   text_source: str = None, checked_sets=None,
+                   on_probe: Optional[Callable] = None) -> dict:
     """The full verify report: per run of the artifact, per input set, per output,
     and pass/fail.
 
@@ -172,6 +105,9 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
         on every input set, the reference first, so one model is in memory at a time.
       checked_sets: the input sets the thresholds apply to (default: all; int8
         artifacts: 'text', their bound is on held-out text, random ids are reported).
+      on_probe: called once, with (Batch, reference outputs, statistics, source) of
+        probe_batch on the text set (random ids when there is no text), when the build
+        keeps a probe (bertc.artifact.probe); not called when no row agreed.
     Returns: {'checked': the first run's name, 'inputs': that run's per-set
       statistics, 'runs': {name: {'config', 'inputs', 'passed'}}, 'failures' and
       'passed' (the checked run's), ...}.  The other runs' 'passed' applies the same
@@ -207,9 +143,22 @@ def verify_runners(artifact, reference, batch_size: int, seq_len: int,
                                     "passed": not run_failures}
         if run_name == checked:
             report["failures"] = run_failures
+            if on_probe is not None:
+                _keep_probe(on_probe, sets, batches, got, want, batch_size)
     report["inputs"] = report["runs"][checked]["inputs"]
     report["passed"] = not report["failures"]
     return report
+
+
+def _keep_probe(on_probe, sets: dict, batches: dict, got: list, want: list,
+                batch_size: int) -> None:
+    """Calls on_probe with the probe of the first input set (text; random without it)."""
+    name = next(iter(sets))
+    features, source = sets[name]
+    end = len(batches[name])  # the first set's batches come first in got and want
+    probe = probe_batch(features, got[:end], want[:end], batch_size)
+    if probe is not None:
+        on_probe(*probe, source)
 
 
 def other_runs(report: dict) -> str:
