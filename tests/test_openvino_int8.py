@@ -157,6 +157,17 @@ def test_the_probe_is_held_out_rows_never_calibration_rows(int8_artifact):
     assert probe_rows <= row_set(pairs[CALIBRATION:CALIBRATION + HELD_OUT])
     assert not probe_rows & row_set(pairs[:CALIBRATION])
 
+    # and the int8 IR, compiled as `bertc serve` compiles it, meets the bound on them
+    from bertc.serving import artifact, probe as serve_probe, replica
+    art = artifact.load_artifact(int8_artifact)
+    model = replica.model_factory(art, 1)(art, 1)
+    try:
+        stats = serve_probe.check(model, art)[SEQ]["embedding"]
+    finally:
+        model.close()
+    assert stats["min_cos"] >= doc["verify"]["thresholds"]["min_cos"]
+    assert stats["max_abs"] > 1e-5  # the int8 IR ran, not a float model
+
 
 def test_a_bound_no_int8_model_meets_is_one_line_and_no_artifact(minilm_ckpt, tmp_path):
     out = tmp_path / "refused"

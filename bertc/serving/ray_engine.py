@@ -333,12 +333,13 @@ def _serve():
     return serve
 
 
-def application(options: RayServeOptions):
-    """The Serve application: Ingress bound to num_replicas BertcModel replicas."""
+def application(options: RayServeOptions, art: Optional[artifact_lib.Artifact] = None):
+    """The Serve application: Ingress bound to num_replicas BertcModel replicas; `art`:
+    options.model already loaded (and its files checked) by the caller."""
     serve = _serve()
     options.check()
     # a bad path (or a file whose sha256 differs) fails here, not in Ray
-    art = artifact_lib.load_artifact(options.model, options.skip_checksums)
+    art = art or artifact_lib.load_artifact(options.model, options.skip_checksums)
     ongoing = options.max_ongoing_requests or 2 * art.batch_size
     model = serve.deployment(ModelReplica, name="BertcModel").options(
         num_replicas=options.num_replicas, max_ongoing_requests=ongoing,
@@ -358,11 +359,12 @@ def build_app(args: Dict):
     return application(RayServeOptions.from_args(dict(args)))
 
 
-def deploy(options: RayServeOptions, blocking_timeout_s: Optional[float] = None) -> str:
+def deploy(options: RayServeOptions, blocking_timeout_s: Optional[float] = None,
+           art: Optional[artifact_lib.Artifact] = None) -> str:
     """Runs the application on the Ray cluster this process is connected to; returns
     the base URL. Replaces a running `bertc` application (new num_replicas, ...)."""
     serve = _serve()
-    app = application(options)
+    app = application(options, art)
     # One proxy, on the head node: nodes sharing one host cannot all bind the port.
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": options.host, "port": options.port})
@@ -374,7 +376,8 @@ def run(options: RayServeOptions) -> None:
     """`bertc serve --engine ray`: connects to (or starts) Ray, deploys, serves until
     SIGTERM or SIGINT, then deletes the application and, if it started Ray, stops it."""
     options.check()
-    artifact_lib.load_artifact(options.model, options.skip_checksums)
+    # checked before Ray starts, and only once in this process
+    art = artifact_lib.load_artifact(options.model, options.skip_checksums)
     serve = _serve()
     import ray
     started = options.ray_address is None
@@ -390,7 +393,7 @@ def run(options: RayServeOptions) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         start = time.monotonic()
-        url = deploy(options)
+        url = deploy(options, art=art)
         logger.info("serving %r on %s with Ray Serve (%d replica(s), batching %s) in "
                     "%.1f s: POST /v1/models/<name>:predict, :classify", options.model_name
                     or os.path.basename(os.path.normpath(options.model)), url,
