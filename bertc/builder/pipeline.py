@@ -306,6 +306,7 @@ def _build_into(tmp: str, options: BuildOptions, passes, neuron_args, log: Stage
                     features, source = features_lib.text_features(
                         options.verify_data, ckpt.vocab_file, lower, seq_len,
                         options.verify_rows)
+
                 def keep_probe(batch, outputs, stats, text_source, seq_len=seq_len,
                                entry=entry):
                     entry["probe"] = probe.write(tmp, seq_len, batch.feeds, batch.real_rows,

@@ -30,11 +30,11 @@ def check(model, art, skip_probe: bool = False) -> Dict[int, dict]:
 
     Raises CheckFailed on the first bucket outside the manifest's verify thresholds;
     {} when skip_probe, or when the artifact holds no probe."""
-    entries = [e for e in art.manifest["models"] if e.get("probe")]
     if skip_probe:
         logger.warning("%s: `skip_probe` set; the artifact's outputs are not checked on "
                        "this CPU against the bounds verify proved", art.path)
         return {}
+    entries = [e for e in art.manifest["models"] if e.get("probe")]
     if not entries:
         logger.warning("%s: no probe (built without verify, or by a bertc before probes "
                        "were kept); its outputs are not checked on this CPU", art.path)
@@ -52,7 +52,8 @@ def check(model, art, skip_probe: bool = False) -> Dict[int, dict]:
         failures = agreement.check(stats, thresholds)
         if failures:
             raise CheckFailed(
-                f"{art.path}: seq {seq_len} probe ({rows} rows of {record.get('source')}): "
+                f"{art.path}: seq {seq_len} probe ({rows} rows of "
+                f"{record.get('source') or 'random ids'}): "
                 f"{'; '.join(failures)} against the fp32 reference on this CPU ({here}; built and "
                 f"verified on {built or 'an unrecorded CPU'}); expected the bounds verify "
                 "proved at build. Run `bertc verify` here to see every output, or pass "
