@@ -162,7 +162,7 @@ def test_the_probe_is_held_out_rows_never_calibration_rows(int8_artifact):
     art = artifact.load_artifact(int8_artifact)
     model = replica.model_factory(art, 1)(art, 1)
     try:
-        stats = serve_probe.check(model, art)[SEQ]["embedding"]
+        stats = serve_probe.check(model, art)["per_seq_len"][str(SEQ)]["embedding"]
     finally:
         model.close()
     assert stats["min_cos"] >= doc["verify"]["thresholds"]["min_cos"]

@@ -118,14 +118,20 @@ class _Drifted:
 
 def test_server_runs_the_probe_and_refuses_a_model_outside_verifys_bounds(minilm_artifact,
                                                                           caplog):
+    from test_serving import request
     from bertc.errors import CheckFailed
+    from bertc.runtime import machine
     from bertc.serving import replica
     from bertc.serving.server import BackgroundServer, ServerConfig
     thresholds = _doc(minilm_artifact)["verify"]["thresholds"]
     config = ServerConfig(model=minilm_artifact, port=0, parallel=1)
     with caplog.at_level("INFO"):
         with BackgroundServer(config) as background:
-            stats = background.server.probe[MINILM_SEQ]["embedding"]
+            status, _, meta = request(background.url, "GET", "/v1/models/embedding")
+    assert status == 200 and meta["bertc"]["probe"]["status"] == "passed"
+    assert meta["bertc"]["probe"]["cpu"] == machine.cpu_model()
+    assert meta["bertc"]["probe"]["built_on"] == machine.cpu_model()  # built here
+    stats = meta["bertc"]["probe"]["per_seq_len"][str(MINILM_SEQ)]["embedding"]
     assert stats["min_cos"] >= thresholds["min_cos"] and stats["max_abs"] <= thresholds["max_abs"]
     assert any(f"probe seq {MINILM_SEQ} embedding" in r.getMessage()
                and "within verify's bounds" in r.getMessage() for r in caplog.records)
@@ -140,7 +146,8 @@ def test_server_runs_the_probe_and_refuses_a_model_outside_verifys_bounds(minilm
     config = ServerConfig(model=minilm_artifact, port=0, parallel=1, skip_probe=True)
     with caplog.at_level("WARNING"):
         with BackgroundServer(config, drifted) as background:
-            assert background.server.probe == {}
+            assert background.server.probe["status"] == "skipped"
+            assert not background.server.probe["per_seq_len"]
     assert any("`skip_probe` set" in r.getMessage() for r in caplog.records)
 
 
@@ -165,5 +172,5 @@ def test_an_artifact_without_probe_is_served_with_a_warning(minilm_sequence_arti
     art = artifact.load_artifact(minilm_sequence_artifact)
     assert not any(m.get("probe") for m in art.manifest["models"])
     with caplog.at_level("WARNING"):
-        assert probe.check(None, art) == {}
+        assert probe.check(None, art)["status"] == "absent"
     assert any("no probe" in r.getMessage() for r in caplog.records)

@@ -254,7 +254,9 @@ async def _get_model(request: web.Request) -> web.Response:
             "max_batch_delay_ms": server.config.max_batch_delay_ms,
             "max_queue": server.config.max_queue,
             "max_instances": server.config.max_instances,
-            "queue_depth": server.batcher.depth()}})
+            "queue_depth": server.batcher.depth(),
+            # the build's probe held to verify's bounds on this CPU at start (probe.py)
+            "probe": server.probe}})
 
 
 async def _ping(request: web.Request) -> web.Response:

@@ -13,7 +13,6 @@ were kept) has none, and a warning says that its outputs were not checked here.
 """
 
 import logging
-from typing import Dict
 
 import numpy as np
 
@@ -24,24 +23,25 @@ from bertc.runtime import agreement, machine
 logger = logging.getLogger(__name__)
 
 
-def check(model, art, skip_probe: bool = False) -> Dict[int, dict]:
-    """{seq_len: per-output statistics} of each bucket's probe run through `model`
-    (run(seq_len, int32 [B, S] inputs in art.inputs order) -> {output: [B, ...]}).
-
-    Raises CheckFailed on the first bucket outside the manifest's verify thresholds;
-    {} when skip_probe, or when the artifact holds no probe."""
+def check(model, art, skip_probe: bool = False) -> dict:
+    """Runs each bucket's probe through `model` (run(seq_len, int32 [B, S] inputs in
+    art.inputs order) -> {output: [B, ...]}) and returns what the server reports of it
+    (GET /v1/models/<name>): {'status': 'passed' | 'skipped' (skip_probe) | 'absent' (no
+    probe kept), 'cpu': this CPU, 'built_on': the build's, 'per_seq_len': {S: per-output
+    statistics}}.  Raises CheckFailed on the first bucket outside the manifest's verify
+    thresholds."""
+    here, built = machine.cpu_model(), (art.manifest.get("built_on") or {}).get("model")
+    results = {"status": "skipped", "cpu": here, "built_on": built, "per_seq_len": {}}
     if skip_probe:
         logger.warning("%s: `skip_probe` set; the artifact's outputs are not checked on "
                        "this CPU against the bounds verify proved", art.path)
-        return {}
+        return results
     entries = [e for e in art.manifest["models"] if e.get("probe")]
     if not entries:
         logger.warning("%s: no probe (built without verify, or by a bertc before probes "
                        "were kept); its outputs are not checked on this CPU", art.path)
-        return {}
+        return {**results, "status": "absent"}
     thresholds = art.manifest["verify"]["thresholds"]
-    here, built = machine.cpu_model(), (art.manifest.get("built_on") or {}).get("model")
-    results = {}
     for entry in sorted(entries, key=lambda e: e["seq_len"]):
         seq_len, record = int(entry["seq_len"]), entry["probe"]
         feeds, rows, want = probe_files.read(art.path, record)
@@ -64,5 +64,5 @@ def check(model, art, skip_probe: bool = False) -> Dict[int, dict]:
                         s["max_abs"], s["min_cos"],
                         f", argmax {s['argmax']:.4f}" if "argmax" in s else "",
                         record["built"][name]["min_cos"], here)
-        results[seq_len] = stats
-    return results
+        results["per_seq_len"][str(seq_len)] = stats
+    return {**results, "status": "passed"}
