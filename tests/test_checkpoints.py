@@ -181,6 +181,7 @@ def test_tf1_saver_checkpoint_is_read_by_name_and_extras_ignored(cases):
 def test_manifest_contents(built):
     import tensorflow as tf
     import bertc
+    from bertc.runtime import machine
     case, out, result = built("h30x3_l3_cls3")
     with open(os.path.join(out, "bertc.json"), encoding="utf-8") as f:
         doc = json.load(f)
@@ -219,7 +220,11 @@ def test_manifest_contents(built):
     assert {s["stage"] for s in doc["stages"]} >= {"read", "trace", "freeze", "export",
                                                     "verify"}
     assert sorted(os.listdir(out)) == ["batching_parameters.txt", "bertc.json",
-                                       "models.config", f"seq_{SEQ}", "vocab.txt"]
+                                       "models.config", "probe", f"seq_{SEQ}", "vocab.txt"]
+    assert doc["models"][0]["probe"]["path"] == f"probe/seq_{SEQ}"
+    assert sorted(os.listdir(os.path.join(out, "probe", f"seq_{SEQ}"))) == sorted(
+        f"{name}.npy" for name in doc["inputs"] + doc["outputs"])
+    assert doc["built_on"] == machine.describe()
 
 
 def test_default_head_rules():

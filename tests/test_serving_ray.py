@@ -12,6 +12,7 @@ error, a timeout, another status).
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -367,6 +368,30 @@ def test_each_replica_runs_the_probe_and_skip_probe_reaches_it(minilm_artifact, 
     assert ray_engine.ModelReplica(parsed).art.path == os.path.abspath(copy)
     with pytest.raises(BertcError, match="`skip_probe` 'maybe': expected true or false"):
         ray_engine.RayServeOptions.from_args({"model": copy, "skip_probe": "maybe"})
+
+
+
+def test_a_replica_that_fails_its_probe_is_one_line_from_deploy(cluster, port, minilm_artifact,
+                                                                tmp_path):
+    """On the cluster: the replicas refuse the artifact whose probe rows were reversed,
+    and deploy (what `bertc serve --engine ray` calls) raises their one line, not Ray's
+    "Deploying application failed" (which the CLI would call an internal error)."""
+    from bertc.errors import CheckFailed
+    copy = str(tmp_path / "minilm")
+    shutil.copytree(minilm_artifact, copy)
+    with open(os.path.join(copy, "bertc.json"), encoding="utf-8") as f:
+        (entry,) = json.load(f)["models"]
+    path = os.path.join(copy, *entry["probe"]["path"].split("/"), "embedding.npy")
+    np.save(path, np.load(path)[::-1])
+    bad = dataclasses.replace(options(copy, port, 1), skip_checksums=True)
+    try:
+        with pytest.raises(CheckFailed) as raised:
+            ray_engine.deploy(bad)
+        message = str(raised.value)
+        assert message.startswith(f"replica: {copy}: seq ") and "probe" in message
+        assert "min cosine" in message and "`skip_probe`" in message
+    finally:
+        serve.delete(ray_engine.APP_NAME)
 
 
 if __name__ == "__main__":

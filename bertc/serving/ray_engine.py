@@ -27,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -34,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from bertc.errors import BertcError
+from bertc.errors import BertcError, CheckFailed
 from bertc.serving import artifact as artifact_lib
 from bertc.serving import classify, defaults, predict, probe
 from bertc.serving.batcher import Batch, BatcherClosed, QueueFull, Row
@@ -368,8 +369,34 @@ def deploy(options: RayServeOptions, blocking_timeout_s: Optional[float] = None,
     # One proxy, on the head node: nodes sharing one host cannot all bind the port.
     serve.start(proxy_location="HeadOnly",
                 http_options={"host": options.host, "port": options.port})
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError:  # "Deploying application bertc failed: ..."
+        error = _replica_error(serve)
+        if error is None:
+            raise
+        raise error from None
     return f"http://{options.host}:{options.port}"
+
+
+#: How a replica's BertcError reads in its deployment's status message (a traceback).
+_REPLICA_ERROR = re.compile(r"bertc\.errors\.(CheckFailed|BertcError): (.+)")
+
+
+def _replica_error(serve) -> Optional[BertcError]:
+    """The BertcError a BertcModel replica failed to start with (a probe outside
+    verify's bounds on its node, a file whose sha256 differs there), read from the
+    deployment's status; None when the status holds none."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        message = app.deployments["BertcModel"].message if app else ""
+    except Exception:  # noqa: BLE001 - the status is a courtesy; the caller re-raises
+        return None
+    found = _REPLICA_ERROR.findall(message or "")
+    if not found:
+        return None
+    kind, text = found[-1]
+    return (CheckFailed if kind == "CheckFailed" else BertcError)(f"replica: {text}")
 
 
 def run(options: RayServeOptions) -> None:
