@@ -516,6 +516,21 @@ def assert_one_error(proc, *needles):
     return lines[0]
 
 
+def reversed_probe_copy(artifact, copy):
+    """A copy of an embedding artifact (one bucket) whose probe holds the fp32
+    reference's rows in reverse order, so that every row but a middle one is wrong; its
+    checksums then differ, so load it with skip_checksums and the probe is what catches
+    it. Returns the copy's path."""
+    import shutil
+    copy = str(copy)
+    shutil.copytree(artifact, copy)
+    with open(os.path.join(copy, "bertc.json"), encoding="utf-8") as f:
+        (entry,) = json.load(f)["models"]
+    path = os.path.join(copy, *entry["probe"]["path"].split("/"), "embedding.npy")
+    np.save(path, np.load(path)[::-1])
+    return copy
+
+
 def leftovers(parent):
     """Temporary build directories left in `parent`."""
     if not os.path.isdir(parent):

@@ -12,7 +12,6 @@ unless `skip_probe`.
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -154,11 +153,7 @@ def test_server_runs_the_probe_and_refuses_a_model_outside_verifys_bounds(minilm
 def test_bertc_serve_refuses_in_one_line_when_the_probe_fails(minilm_artifact, tmp_path):
     """The recorded reference rows swapped (and the checksums skipped, so the probe,
     not the sha256, is what catches it): exit 1, one line, nothing served."""
-    copy = str(tmp_path / "minilm")
-    shutil.copytree(minilm_artifact, copy)
-    record = _probe_record(copy)
-    path = os.path.join(copy, *record["path"].split("/"), "embedding.npy")
-    np.save(path, np.load(path)[::-1])
+    copy = bt.reversed_probe_copy(minilm_artifact, tmp_path / "minilm")
     proc = bt.run_cli("serve", "--model", copy, "--port", "0", "--skip_checksums")
     line = bt.assert_one_error(proc, copy, f"seq {MINILM_SEQ} probe", "min cosine",
                                "skip_probe")

@@ -13,7 +13,6 @@ error, a timeout, another status).
 
 import asyncio
 import dataclasses
-import json
 import os
 import shutil
 import socket
@@ -352,12 +351,7 @@ def test_each_replica_runs_the_probe_and_skip_probe_reaches_it(minilm_artifact, 
     probe's reference rows reversed, checksums skipped so the probe is what catches it);
     skip_probe, from a config file's string too, lets it load."""
     from bertc.errors import BertcError, CheckFailed
-    copy = str(tmp_path / "minilm")
-    shutil.copytree(minilm_artifact, copy)
-    with open(os.path.join(copy, "bertc.json"), encoding="utf-8") as f:
-        (entry,) = json.load(f)["models"]
-    path = os.path.join(copy, *entry["probe"]["path"].split("/"), "embedding.npy")
-    np.save(path, np.load(path)[::-1])
+    copy = bt.reversed_probe_copy(minilm_artifact, tmp_path / "minilm")
     opts = ray_engine.RayServeOptions(model=copy, batching="serve", skip_checksums=True)
     with pytest.raises(CheckFailed, match=r"seq \d+ probe .*min cosine.*`skip_probe`"):
         ray_engine.ModelReplica(opts)
@@ -370,19 +364,13 @@ def test_each_replica_runs_the_probe_and_skip_probe_reaches_it(minilm_artifact, 
         ray_engine.RayServeOptions.from_args({"model": copy, "skip_probe": "maybe"})
 
 
-
 def test_a_replica_that_fails_its_probe_is_one_line_from_deploy(cluster, port, minilm_artifact,
                                                                 tmp_path):
     """On the cluster: the replicas refuse the artifact whose probe rows were reversed,
     and deploy (what `bertc serve --engine ray` calls) raises their one line, not Ray's
     "Deploying application failed" (which the CLI would call an internal error)."""
     from bertc.errors import CheckFailed
-    copy = str(tmp_path / "minilm")
-    shutil.copytree(minilm_artifact, copy)
-    with open(os.path.join(copy, "bertc.json"), encoding="utf-8") as f:
-        (entry,) = json.load(f)["models"]
-    path = os.path.join(copy, *entry["probe"]["path"].split("/"), "embedding.npy")
-    np.save(path, np.load(path)[::-1])
+    copy = bt.reversed_probe_copy(minilm_artifact, tmp_path / "minilm")
     bad = dataclasses.replace(options(copy, port, 1), skip_checksums=True)
     try:
         with pytest.raises(CheckFailed) as raised:
