@@ -56,8 +56,8 @@ def check(model, art, skip_probe: bool = False) -> dict:
                 f"{record.get('source') or 'random ids'}): "
                 f"{'; '.join(failures)} against the fp32 reference on this CPU ({here}; built and "
                 f"verified on {built or 'an unrecorded CPU'}); expected the bounds verify "
-                "proved at build. Run `bertc verify` here to see every output, or pass "
-                "`skip_probe` to serve it anyway")
+                "proved at build. Run `bertc verify` here (it needs the source checkpoint) "
+                "to see every output, or pass `skip_probe` to serve it anyway")
         for name, s in stats.items():
             logger.info("probe seq %d %s: %d rows, max_abs %.3g, min_cos %.7f%s (built: "
                         "min_cos %.7f); within verify's bounds on %s", seq_len, name, rows,
