@@ -10,8 +10,9 @@ artifact still answers within the bounds verify proved where it was built.
         "inputs": [...], "outputs": [...], "source": the text's path, "built": the checked run's
         statistics on these rows where the build ran (bertc.runtime.agreement)}
 
-The rows are the first R held-out text rows on which the verified artifact agreed
-with the reference (the same argmax), so verify's bounds hold on them where it was
+The rows are the first R of verify's text rows (for int8 the held-out split, never
+calibration rows) on which the verified artifact agreed with the reference (the same
+argmax), so verify's bounds hold on them where it was
 built; anywhere else they are what is being checked.  Plain .npy files (numpy's
 format, written the same bytes every time), covered by the artifact's checksums.
 """

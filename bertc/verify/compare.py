@@ -27,7 +27,7 @@ import numpy as np
 # The statistics and batches live below verify, where `bertc serve` can use them too;
 # they are verify's vocabulary, so its callers keep reaching them here.
 from bertc.runtime.agreement import (  # noqa: F401
-    Batch, SPAN_OUTPUTS, agreeing_rows, check, compare_results, pad_rows)
+    Batch, agreeing_rows, check, compare_results, pad_rows)
 
 #: Thresholds of an exact build (fp32, only exact rewrites); approximate passes set
 #: their own (bertc.rewriting.APPROXIMATE_THRESHOLDS).
